@@ -1,0 +1,107 @@
+"""The `angle-ray` command line.
+
+    angle-ray eval   --model all-MiniLM-L6-v2 --tasks stsb,sickr
+    angle-ray export --model runs/quickstart/model --output exported/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def load_any_model(path: str, pooling: str | None = None, max_length: int | None = None,
+                   is_llm: bool = False, dtype: str = "fp32"):
+    """An angle-ray model folder (has angle_ray.json) as saved, or any HF encoder by path / id."""
+    from angle_ray.config import ModelConfig
+    from angle_ray.models.backbone import build_model, load_embedding_model
+
+    if (Path(path) / "angle_ray.json").is_file():
+        model = load_embedding_model(path)
+        if pooling and pooling != model.cfg.pooling:
+            raise SystemExit(f"{path} was trained with pooling {model.cfg.pooling!r}; "
+                             f"drop --pooling or pass that value")
+        return model
+    cfg = ModelConfig(name_or_path=path, pooling=pooling or ("last" if is_llm else "mean"),
+                      is_llm=is_llm, dtype=dtype, **({"max_length": max_length} if max_length else {}))
+    return build_model(cfg)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="all-MiniLM-L6-v2",
+                   help="angle-ray model folder, HF folder or hub id (default: all-MiniLM-L6-v2, offline)")
+    p.add_argument("--pooling", default=None,
+                   choices=["cls", "cls_avg", "mean", "max", "last", "first_last_avg"])
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--is-llm", action="store_true", help="causal LM backbone (last-token pooling)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from angle_ray.eval.runner import markdown_table, run_tasks, write_json
+    from angle_ray.eval.tasks import TaskError, default_data_dir, resolve_tasks
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    try:
+        resolve_tasks(args.tasks, data_dir)  # fail on unknown names before loading a model
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = load_any_model(args.model, args.pooling, args.max_length, args.is_llm, args.dtype)
+    try:
+        results = run_tasks(model, args.tasks, data_dir, batch_size=args.batch_size, dtype=args.dtype)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(results))
+    out = args.output or "eval_results.json"
+    write_json(results, out, args.model)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from angle_ray.models.export import export_hf, export_sentence_transformers
+
+    model = load_any_model(args.model, args.pooling, args.max_length, args.is_llm)
+    out = Path(args.output)
+    export_hf(model, out / "hf")
+    print(f"wrote HF model folder {out / 'hf'}")
+    if not args.no_sentence_transformers:
+        export_sentence_transformers(model, out / "sentence-transformers")
+        print(f"wrote sentence-transformers folder {out / 'sentence-transformers'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="angle-ray", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="STS Spearman / retrieval metrics of a model")
+    _add_model_args(p)
+    p.add_argument("--tasks", default="stsb",
+                   help="comma list of stsb,sickr,sts12..sts16,scifact, or 'all' (default: stsb)")
+    p.add_argument("--data-dir", default=None, help="evaluation data folder (see angle_ray/eval/tasks.py)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--output", default=None, help="JSON results path (default: eval_results.json)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write HF and sentence-transformers folders (LoRA merged)")
+    _add_model_args(p)
+    p.add_argument("--output", required=True)
+    p.add_argument("--no-sentence-transformers", action="store_true")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

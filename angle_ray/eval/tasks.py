@@ -1,0 +1,157 @@
+"""The named evaluation tasks behind `angle-ray eval --tasks ...` and where their data lives.
+
+Data is looked up in one folder (``--data-dir``, else ``$ANGLE_RAY_DATA_DIR``, else
+``../shared/data`` next to the project) laid out like the project's shared data:
+
+    stsb/test.jsonl                      STS-B test, Format A, labels 0-5
+    sick_r/semeval2014/test.jsonl        SICK-R test (SemEval-2014 split), labels 1-5
+    sts/STS12-en-test/ ... STS16-en-test SemEval STS folders (STS.input.* / STS.gs.*)
+    scifact/                             BEIR layout; evaluated on a dev split of qrels/train.tsv
+
+When a folder is missing and the network is allowed (HF_HUB_OFFLINE unset), STS-B and SICK-R
+fall back to their public Hugging Face copies (mteb/stsbenchmark-sts, mteb/sickr-sts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+STS_YEARS = {f"sts{y}": f"STS{y}-en-test" for y in (12, 13, 14, 15, 16)}
+SCIFACT_DEV_FRACTION = 0.2  # share of judged SciFact train queries held out as the dev split
+SCIFACT_SPLIT_SEED = 0
+
+
+class TaskError(ValueError):
+    """An unknown task, or a task whose data cannot be found (the message says what to set)."""
+
+
+@dataclass
+class StsData:
+    text1: list[str]
+    text2: list[str]
+    gold: list[float]
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("ANGLE_RAY_DATA_DIR")
+    if env:
+        return Path(env)
+    project = Path(__file__).resolve().parents[2]
+    for candidate in (Path.cwd() / ".." / "shared" / "data", project.parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return project.parent / "shared" / "data"
+
+
+def _missing(task: str, path: Path) -> TaskError:
+    return TaskError(
+        f"task {task!r}: data not found at {path}. Point --data-dir (or ANGLE_RAY_DATA_DIR) at a "
+        f"folder holding it (layout in angle_ray/eval/tasks.py), or allow network access "
+        f"(unset HF_HUB_OFFLINE) for the public copy where one exists."
+    )
+
+
+def _hub_sts(task: str, hub_id: str) -> StsData | None:
+    if os.environ.get("HF_HUB_OFFLINE", "0") == "1":
+        return None
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub_id, split="test")
+    except Exception:  # unreachable hub or dataset moved: the caller raises the clear error
+        return None
+    return StsData(list(ds["sentence1"]), list(ds["sentence2"]), [float(s) for s in ds["score"]])
+
+
+def _jsonl_sts(task: str, path: Path, label_range: tuple[float, float], hub_id: str) -> StsData:
+    if not path.is_file():
+        data = _hub_sts(task, hub_id)
+        if data is None:
+            raise _missing(task, path)
+        return data
+    from angle_ray.config import DatasetConfig
+    from angle_ray.data.formats import read_records
+
+    rows = list(read_records(DatasetConfig(path=str(path), format="A", label_range=label_range)))
+    return StsData([r["text1"] for r in rows], [r["text2"] for r in rows],
+                   [r["label"] for r in rows])
+
+
+def _semeval_sts(task: str, folder: Path) -> StsData:
+    if not folder.is_dir():
+        raise _missing(task, folder)
+    from angle_ray.data.semeval import read_sts_folder
+
+    pooled = StsData([], [], [])
+    for pairs in read_sts_folder(str(folder)).values():
+        for s1, s2, score in pairs:
+            pooled.text1.append(s1)
+            pooled.text2.append(s2)
+            pooled.gold.append(score)
+    return pooled
+
+
+def load_sts_task(task: str, data_dir: Path) -> StsData:
+    if task == "stsb":
+        return _jsonl_sts(task, data_dir / "stsb" / "test.jsonl", (0.0, 5.0), "mteb/stsbenchmark-sts")
+    if task == "sickr":
+        return _jsonl_sts(task, data_dir / "sick_r" / "semeval2014" / "test.jsonl", (1.0, 5.0),
+                          "mteb/sickr-sts")
+    if task in STS_YEARS:
+        for folder in (data_dir / "sts" / STS_YEARS[task], data_dir / STS_YEARS[task]):
+            if folder.is_dir():
+                return _semeval_sts(task, folder)
+        return _semeval_sts(task, data_dir / "sts" / STS_YEARS[task])
+    raise TaskError(f"{task!r} is not an STS task")
+
+
+STS_TASKS = ("stsb", "sickr", *STS_YEARS)
+RETRIEVAL_TASKS = ("scifact",)
+ALL_TASKS = (*STS_TASKS, *RETRIEVAL_TASKS)
+
+
+def resolve_tasks(spec: str | list[str], data_dir: Path) -> tuple[list[str], list[str]]:
+    """Parse `stsb,sickr` or `all`; returns (tasks to run, tasks left out for lack of data).
+
+    Named tasks must exist (unknown names are an error listing the valid ones). `all` runs every
+    task whose data is present and reports the rest, so it works on partial data folders.
+    """
+    names = [t.strip().lower() for t in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [t for t in names if t]
+    if not names:
+        raise TaskError("no task given; choose from " + ", ".join(ALL_TASKS) + " or 'all'")
+    unknown = [t for t in names if t not in ALL_TASKS and t != "all"]
+    if unknown:
+        raise TaskError(f"unknown task(s) {unknown}; choose from {', '.join(ALL_TASKS)} or 'all'")
+    if "all" not in names:
+        return names, []
+    present, absent = [], []
+    for task in ALL_TASKS:
+        (present if task_data_present(task, data_dir) else absent).append(task)
+    return present, absent
+
+
+def task_data_present(task: str, data_dir: Path) -> bool:
+    if task == "stsb":
+        return (data_dir / "stsb" / "test.jsonl").is_file()
+    if task == "sickr":
+        return (data_dir / "sick_r" / "semeval2014" / "test.jsonl").is_file()
+    if task in STS_YEARS:
+        return any((d / STS_YEARS[task]).is_dir() for d in (data_dir / "sts", data_dir))
+    if task == "scifact":
+        return (data_dir / "scifact" / "qrels" / "train.tsv").is_file()
+    return False
+
+
+def load_scifact_dev(data_dir: Path):
+    """SciFact corpus + queries and the dev half of qrels/train.tsv (split by query id)."""
+    folder = data_dir / "scifact"
+    if not (folder / "qrels" / "train.tsv").is_file():
+        raise _missing("scifact", folder)
+    from angle_ray.data.beir import load_beir, split_qrels_by_query
+
+    data = load_beir(str(folder), split="train")
+    _, dev = split_qrels_by_query(data.qrels, SCIFACT_DEV_FRACTION, SCIFACT_SPLIT_SEED)
+    return data.corpus, data.queries, dev
