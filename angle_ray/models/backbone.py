@@ -1,0 +1,279 @@
+"""The embedding model: a Hugging Face backbone (encoder, or causal LLM + LoRA) plus pooling.
+
+    model = build_model(ModelConfig())                       # all-MiniLM-L6-v2, offline
+    batch = model.tokenize(["A plane is taking off.", "A man plays a flute."])
+    emb = model(**batch)                                     # [2, 384] float32
+    model.save("out/ckpt")                                   # safetensors + tokenizer + angle_ray.json
+    same = load_embedding_model("out/ckpt")
+
+Encoders (BERT / RoBERTa / ModernBERT style) load without their pooler (an unused pooler leaves
+parameters without gradients, which DDP rejects) and pad on the right. Causal LLMs
+(``model.is_llm``: Llama / Qwen / Mistral style) load as the base model without the LM head, pad
+on the LEFT (so the last position is the last real token) with pad = eos when the tokenizer has
+no pad token, get no ``token_type_ids``, and optionally LoRA adapters (PEFT), bf16 weights and
+activation checkpointing.
+
+A saved folder holds ``angle_ray.json`` (the ModelConfig plus the base model path), the tokenizer,
+and either the full backbone (config.json + model.safetensors) or, for LoRA, only the adapter
+(adapter_config.json + adapter_model.safetensors) on top of the recorded base model.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from angle_ray import __version__
+from angle_ray.config import LoraConfig, ModelConfig
+from angle_ray.models.default_model import resolve_model_path
+from angle_ray.models.pooling import pool
+
+logger = logging.getLogger(__name__)
+
+ANGLE_RAY_FILE = "angle_ray.json"
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class EmbeddingModel(nn.Module):
+    """A backbone and a pooling strategy: ``forward(input_ids, attention_mask) -> [B, H]`` fp32."""
+
+    def __init__(
+        self, backbone: nn.Module, tokenizer, cfg: ModelConfig, base_model_path: str, embedding_dim: int
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.base_model_path = base_model_path
+        self.embedding_dim = embedding_dim
+        # from_pretrained gives eval mode: keep the wrapper's flag in step with the backbone's
+        self.train(backbone.training)
+
+    @property
+    def is_lora(self) -> bool:
+        return self.cfg.lora.enabled
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
+        """Pad to the longest text of the batch, truncate to ``max_length`` (default cfg.max_length)."""
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=max_length or self.cfg.max_length,
+            return_tensors="pt",
+        )
+        batch = dict(enc)
+        if self.cfg.is_llm:
+            batch.pop("token_type_ids", None)
+        return batch
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, **ignored) -> Tensor:
+        want_layers = self.cfg.pooling == "first_last_avg"
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if want_layers:
+            kwargs["output_hidden_states"] = True
+        if self.cfg.is_llm:
+            kwargs["use_cache"] = False
+        out = self.backbone(**kwargs)
+        layers = tuple(h.float() for h in out.hidden_states) if want_layers else None
+        return pool(out.last_hidden_state.float(), attention_mask, self.cfg.pooling, layers)
+
+    def save(self, directory: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
+        """Write the weights (safetensors; LoRA: the adapter only), tokenizer and angle_ray.json.
+
+        ``state_dict``: the backbone's full state dict when the live parameters are not (e.g.
+        gathered from ZeRO-3 shards); keys as in ``self.backbone.state_dict()``.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        # PEFT saves only the adapter; transformers saves config.json + model.safetensors
+        if state_dict is None:
+            self.backbone.save_pretrained(out)
+        else:
+            self.backbone.save_pretrained(out, state_dict=state_dict)
+        self.tokenizer.save_pretrained(out)
+        meta = {
+            "angle_ray_version": __version__,
+            "model": self.cfg.model_dump(mode="json"),
+            "base_model_path": self.base_model_path,
+            "embedding_dim": self.embedding_dim,
+        }
+        (out / ANGLE_RAY_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return out
+
+    def merged(self) -> EmbeddingModel:
+        """A copy with the LoRA adapter merged into the base weights (plain model); self if no LoRA."""
+        if not self.is_lora:
+            return self
+        backbone = copy.deepcopy(self.backbone).merge_and_unload()
+        cfg = ModelConfig.model_validate(
+            {**self.cfg.model_dump(), "lora": {**self.cfg.lora.model_dump(), "enabled": False}}
+        )
+        return EmbeddingModel(
+            backbone, copy.deepcopy(self.tokenizer), cfg, self.base_model_path, self.embedding_dim
+        )
+
+
+def _accepts_pooling_flag(config) -> bool:
+    """Whether the AutoModel class for ``config`` takes ``add_pooling_layer`` (BERT, RoBERTa...)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        model_cls = MODEL_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return False
+    return "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters
+
+
+def _load_backbone(path: str, cfg: ModelConfig) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(path)
+    kwargs = {"dtype": TORCH_DTYPES[cfg.dtype]}
+    if cfg.is_llm:
+        config.use_cache = False  # embeddings never generate; no KV cache objects
+    elif _accepts_pooling_flag(config):
+        kwargs["add_pooling_layer"] = False
+    archs = getattr(config, "architectures", None) or []
+    if not cfg.is_llm and any(a.endswith("ForCausalLM") for a in archs):
+        logger.warning(
+            "%s is a causal LM (%s) but model.is_llm is false: it will pad on the right; set "
+            "model.is_llm=true for left padding and last-token pooling",
+            path,
+            archs[0],
+        )
+    return AutoModel.from_pretrained(path, config=config, **kwargs)
+
+
+def _load_tokenizer(path: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    # padding_side goes in as a load argument: only init arguments are written back to
+    # tokenizer_config.json by save_pretrained (an attribute set afterwards is lost on save)
+    side = "left" if cfg.is_llm else "right"
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side=side)
+    tokenizer.padding_side = side
+    tokenizer.init_kwargs["padding_side"] = side
+    if cfg.is_llm:
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError(f"tokenizer of {path} has neither a pad nor an eos token to pad with")
+            tokenizer.pad_token = tokenizer.eos_token
+        names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+        tokenizer.model_input_names = names
+        tokenizer.init_kwargs["model_input_names"] = names
+    return tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    """The tokenizer ``build_model(cfg)`` would use (left padding + pad token for LLMs).
+
+    ``path`` defaults to ``cfg.name_or_path`` (the default model resolves to the packaged MiniLM);
+    data pipelines call this to tokenise exactly as the model will.
+    """
+    return _load_tokenizer(path or resolve_model_path(cfg.name_or_path), cfg)
+
+
+def _enable_checkpointing(backbone: nn.Module) -> None:
+    """Activation checkpointing (non-reentrant) with input grads, so it also works under LoRA."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.x; enables input grads
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        backbone.enable_input_require_grads()
+
+
+def _peft_config(lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType
+
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,  # None: PEFT's default for the architecture
+        task_type=TaskType.FEATURE_EXTRACTION,
+    )
+
+
+def _hidden_size(backbone: nn.Module) -> int:
+    size = getattr(backbone.config, "hidden_size", None)
+    return int(size) if size else int(backbone.get_input_embeddings().embedding_dim)
+
+
+def _assemble(
+    cfg: ModelConfig,
+    weights_path: str,
+    tokenizer_path: str,
+    base_model_path: str,
+    adapter_dir: str | None = None,
+) -> EmbeddingModel:
+    backbone = _load_backbone(weights_path, cfg)
+    dim = _hidden_size(backbone)
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(backbone)
+    if cfg.lora.enabled:
+        from peft import PeftModel, get_peft_model
+
+        with warnings.catch_warnings():
+            # PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` property
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            if adapter_dir is None:
+                backbone = get_peft_model(backbone, _peft_config(cfg.lora))
+            else:
+                backbone = PeftModel.from_pretrained(backbone, adapter_dir, is_trainable=True)
+    tokenizer = _load_tokenizer(tokenizer_path, cfg)
+    return EmbeddingModel(backbone, tokenizer, cfg, base_model_path, dim)
+
+
+def build_model(cfg: ModelConfig) -> EmbeddingModel:
+    """Load ``cfg.name_or_path`` (the default model resolves to the packaged MiniLM) for training."""
+    path = resolve_model_path(cfg.name_or_path)
+    return _assemble(cfg, weights_path=path, tokenizer_path=path, base_model_path=path)
+
+
+def load_embedding_model(directory: str | Path, dtype: str | None = None) -> EmbeddingModel:
+    """Read a folder written by ``EmbeddingModel.save`` (or an export); ``dtype`` overrides cfg.dtype.
+
+    A LoRA folder loads its base model from the recorded path (falling back to
+    ``cfg.name_or_path`` when that path does not exist here) and the adapter from the folder,
+    trainable, so a reloaded model can continue training.
+    """
+    folder = Path(directory)
+    meta_file = folder / ANGLE_RAY_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not an angle-ray model folder (no {ANGLE_RAY_FILE}); to embed with a plain "
+            "Hugging Face model use build_model(ModelConfig(name_or_path=...))"
+        )
+    meta = json.loads(meta_file.read_text())
+    raw_cfg = meta["model"]
+    if dtype is not None:
+        raw_cfg = {**raw_cfg, "dtype": dtype}
+    cfg = ModelConfig.model_validate(raw_cfg)
+    if not cfg.lora.enabled:
+        return _assemble(cfg, str(folder), str(folder), meta.get("base_model_path") or str(folder))
+    base = meta.get("base_model_path")
+    if not base or not Path(base).exists():
+        base = resolve_model_path(cfg.name_or_path)
+    return _assemble(
+        cfg,
+        weights_path=base,
+        tokenizer_path=str(folder),
+        base_model_path=base,
+        adapter_dir=str(folder),
+    )
