@@ -1,5 +1,6 @@
 """The `angle-ray` command line.
 
+    angle-ray train  --config jobs/configs/quickstart.yaml train.epochs=1
     angle-ray eval   --model all-MiniLM-L6-v2 --tasks stsb,sickr
     angle-ray export --model runs/quickstart/model --output exported/
 """
@@ -74,10 +75,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from angle_ray.config import ConfigError, load_config
+    from angle_ray.train.driver import run_training
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    before = None
+    if args.eval_tasks:
+        before = _eval_quietly(cfg.model.name_or_path, cfg, args.eval_tasks)
+    run = run_training(cfg, address=args.address)
+    print(f"[angle-ray] run folder: {run.run_dir}")
+    if args.eval_tasks and run.model_dir is not None:
+        after = _eval_quietly(str(run.model_dir), cfg, args.eval_tasks)
+        print("\n| model | " + " | ".join(after) + " |")
+        print("|---|" + "---|" * len(after))
+        print("| before training | " + " | ".join(f"{before[t]:.2f}" for t in after) + " |")
+        print("| after training | " + " | ".join(f"{after[t]:.2f}" for t in after) + " |")
+    return 0
+
+
+def _eval_quietly(model_path: str, cfg, tasks: str) -> dict[str, float]:
+    from angle_ray.eval.runner import headline, run_tasks
+
+    model = load_any_model(model_path, cfg.model.pooling if model_path == cfg.model.name_or_path
+                           else None, cfg.model.max_length, cfg.model.is_llm)
+    results = run_tasks(model, tasks)
+    return {t: headline(t, m) for t, m in results["tasks"].items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="angle-ray", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an embedding model with Ray Train (+ DeepSpeed)")
+    p.add_argument("--config", required=True, help="job YAML, e.g. jobs/configs/quickstart.yaml")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--eval-tasks", default=None,
+                   help="evaluate before and after training on these tasks, e.g. stsb")
+    p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="STS Spearman / retrieval metrics of a model")
     _add_model_args(p)

@@ -127,7 +127,11 @@ class TrainConfig(_Strict):
     eval_every: int | None = Field(None, ge=1)
     max_failures: int = Field(0, ge=-1)
     log_every: int = Field(10, ge=1)
-    dataloader_shuffle_buffer: int = Field(0, ge=0)
+    # examples per worker shuffled in a local buffer (streaming; 0 = stream order only)
+    shuffle_buffer: int = Field(2048, ge=0)
+    # batches cut from sorted mega-batches of this many batches (less padding); 1 = off
+    group_by_length: int = Field(8, ge=1)
+    torch_threads: int | None = Field(None, ge=1)  # None: node cores / workers on the node
 
 
 class EvalConfig(_Strict):

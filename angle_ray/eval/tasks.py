@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from angle_ray.data.location import default_data_dir  # noqa: F401  (re-exported)
+
 STS_YEARS = {f"sts{y}": f"STS{y}-en-test" for y in (12, 13, 14, 15, 16)}
 SCIFACT_DEV_FRACTION = 0.2  # share of judged SciFact train queries held out as the dev split
 SCIFACT_SPLIT_SEED = 0
@@ -32,17 +34,6 @@ class StsData:
     text1: list[str]
     text2: list[str]
     gold: list[float]
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("ANGLE_RAY_DATA_DIR")
-    if env:
-        return Path(env)
-    project = Path(__file__).resolve().parents[2]
-    for candidate in (Path.cwd() / ".." / "shared" / "data", project.parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate.resolve()
-    return project.parent / "shared" / "data"
 
 
 def _missing(task: str, path: Path) -> TaskError:

@@ -1,0 +1,274 @@
+"""Corpus files as Ray Data datasets: read lazily, validate in the stream, tokenise per epoch.
+
+    rows  = read_corpus(ds_cfg)                      # one read task per file, blocks of rows
+    check = validate_corpus(ds_cfg, rows)            # streaming pass on the driver: counts, errors
+    train = tokenized_epochs(rows, ds_cfg, model_cfg, fmt, epochs=3, seed=42)
+
+Nothing here collects the corpus on the driver: rows flow through Ray tasks in blocks, and the
+driver only sees counts. Each row keeps its source ("file:line") so a bad row raised inside a
+Ray task still names the file, the line and the field in the error the user sees.
+
+Training rows leave the stream as token ids (Ray Data cannot carry strings to torch): one
+variable-length int32 array per text role (`text1_ids`, `query_ids`, `negative_0_ids`, ...),
+a 64-bit content hash per text (`text1_hash`, ...) so duplicates in a global batch are never
+used as negatives, and `label` for Format A. Padding happens per training batch in the worker
+(`angle_ray.data.collate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+
+from angle_ray.config import DatasetConfig, ModelConfig
+from angle_ray.data.errors import DataError
+from angle_ray.data.formats import RowNormaliser, detect_format, sample_record
+from angle_ray.data.readers import iter_rows, list_files
+
+logger = logging.getLogger(__name__)
+
+BLOCK_ROWS = 1024
+REPORT_LOCATIONS = 20
+
+
+def roles(fmt: str, num_negatives: int = 1) -> list[str]:
+    """The text fields of one training example, in the order the model encodes them."""
+    if fmt == "A":
+        return ["text1", "text2"]
+    if fmt == "B":
+        return ["query", "positive"]
+    if fmt == "C":
+        return ["query", "positive", *[f"negative_{k}" for k in range(num_negatives)]]
+    raise ValueError(f"unknown data format {fmt!r}; expected A, B or C")
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _read_file_blocks(path: str):
+    """Read task body: blocks of (source, raw JSON row, read error) for one file."""
+    sources: list[str] = []
+    raws: list[str] = []
+    errors: list[str] = []
+
+    def flush():
+        table = pa.table({"_source": sources[:], "_raw": raws[:], "_error": errors[:]})
+        sources.clear(), raws.clear(), errors.clear()
+        return table
+
+    def on_bad_row(err: DataError):
+        sources.append(f"{err.file}:{err.row}")
+        raws.append("")
+        errors.append(json.dumps([err.file, err.row, err.field, err.reason, err.unit]))
+
+    for row_no, row in iter_rows(path, on_bad_row=on_bad_row):
+        sources.append(f"{path}:{row_no}")
+        raws.append(json.dumps(row, default=_jsonable))
+        errors.append("")
+        if len(sources) >= BLOCK_ROWS:
+            yield flush()
+    if sources:
+        yield flush()
+
+
+def read_corpus(ds_cfg: DatasetConfig):
+    """A lazy Ray Dataset of raw rows: columns `_source`, `_raw` (JSON), `_error`."""
+    import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    files = list_files(ds_cfg.path)
+
+    class CorpusFiles(Datasource):
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            return [
+                ReadTask(lambda p=p: _read_file_blocks(p),
+                         BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
+                                       input_files=(p,)),
+                         per_task_row_limit=per_task_row_limit)
+                for p in files
+            ]
+
+    return ray.data.read_datasource(CorpusFiles())
+
+
+def _split_source(source: str) -> tuple[str, int]:
+    file, _, row = source.rpartition(":")
+    return file, int(row) if row.lstrip("-").isdigit() else row
+
+
+def normalise_batch(batch: dict, ds_cfg: DatasetConfig, fmt: str) -> dict:
+    """Validate and normalise raw rows; bad rows raise (policy 'error') or are marked (`_bad`)."""
+    normalise = RowNormaliser(ds_cfg.model_copy(update={"format": fmt}))
+    records, bad = [], []
+    for source, raw, read_error in zip(batch["_source"], batch["_raw"], batch["_error"]):
+        try:
+            if read_error:
+                raise DataError(*json.loads(read_error))
+            file, row_no = _split_source(source)
+            records.append(json.dumps(normalise(json.loads(raw), file, row_no)))
+            bad.append("")
+        except DataError as err:
+            if ds_cfg.on_bad_rows == "error":
+                raise
+            records.append("")
+            bad.append(str(err))
+    return {"_source": batch["_source"], "_record": np.array(records, dtype=object),
+            "_bad": np.array(bad, dtype=object)}
+
+
+def peek_format(ds_cfg: DatasetConfig) -> str:
+    """The configured format, or the one the first row's columns (after renames) imply."""
+    if ds_cfg.format != "auto":
+        return ds_cfg.format
+    first = list_files(ds_cfg.path)[0]
+    for _, row in iter_rows(first):
+        cols = [ds_cfg.column_rename_mapping.get(c, c) for c in row]
+        return detect_format(cols)
+    raise DataError(first, None, None, "no rows to detect the format from; set format: A|B|C")
+
+
+def normalised_corpus(ds_cfg: DatasetConfig, fmt: str):
+    return read_corpus(ds_cfg).map_batches(
+        normalise_batch, fn_kwargs={"ds_cfg": ds_cfg, "fmt": fmt}, batch_format="numpy",
+        batch_size=BLOCK_ROWS)
+
+
+@dataclass
+class CorpusCheck:
+    """What the validation pass saw: usable rows, and the skipped ones (policy 'skip')."""
+
+    path: str
+    rows: int = 0
+    skipped: int = 0
+    skipped_at: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.rows} rows"
+        if self.skipped:
+            text += f", skipped {self.skipped} bad rows (on_bad_rows: skip), e.g.: " + "; ".join(
+                self.skipped_at[:5])
+        return text
+
+
+def validate_corpus(ds_cfg: DatasetConfig, normalised) -> CorpusCheck:
+    """One streaming pass over the normalised rows: counts them and collects skip reports.
+
+    With the default policy the first bad row raises its DataError here, on the driver, before
+    any training worker starts.
+    """
+    check = CorpusCheck(path=ds_cfg.path)
+    try:
+        for batch in normalised.select_columns(["_bad"]).iter_batches(batch_format="numpy",
+                                                                      batch_size=4096):
+            for msg in batch["_bad"]:
+                if msg:
+                    check.skipped += 1
+                    if len(check.skipped_at) < REPORT_LOCATIONS:
+                        check.skipped_at.append(msg)
+                else:
+                    check.rows += 1
+    except Exception as err:  # Ray wraps task errors; surface the DataError the user needs
+        cause = find_data_error(err)
+        if cause is not None:
+            raise cause from None
+        raise
+    if check.skipped:
+        logger.warning(check.summary())
+    if check.rows == 0:
+        raise DataError(ds_cfg.path, None, None, "no usable rows")
+    return check
+
+
+def find_data_error(err: BaseException) -> DataError | None:
+    """The DataError inside a (possibly Ray-wrapped) exception chain, if there is one."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DataError):
+            return DataError(err.file, err.row, err.field, err.reason, err.unit)
+        cause = getattr(err, "cause", None)
+        err = cause if isinstance(cause, BaseException) else (err.__cause__ or err.__context__)
+    return None
+
+
+def text_hash(text: str) -> int:
+    """Stable signed 64-bit content hash (same on every worker and run)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(model_cfg_json: str):
+    from angle_ray.models.backbone import load_tokenizer
+
+    return load_tokenizer(ModelConfig.model_validate_json(model_cfg_json))
+
+
+def tokenize_batch(batch: dict, model_cfg_json: str, fmt: str, num_negatives: int, seed: int,
+                   epoch: int, max_length: int) -> dict:
+    """Sample list fields for this epoch, then tokenise every role (no padding)."""
+    tok = _tokenizer(model_cfg_json)
+    names = roles(fmt, num_negatives)
+    texts: dict[str, list[str]] = {r: [] for r in names}
+    labels: list[float] = []
+    for source, rec_json, bad in zip(batch["_source"], batch["_record"], batch["_bad"]):
+        if bad:
+            continue
+        rec = sample_record(json.loads(rec_json), seed, epoch, source, num_negatives)
+        if fmt == "A":
+            texts["text1"].append(rec["text1"])
+            texts["text2"].append(rec["text2"])
+            labels.append(float(rec["label"]))
+        else:
+            texts["query"].append(rec["query"])
+            texts["positive"].append(rec["positive"])
+            if fmt == "C":
+                negs = rec["negative"]
+                for k in range(num_negatives):
+                    texts[f"negative_{k}"].append(negs[k % len(negs)])
+    out: dict[str, np.ndarray] = {}
+    for role, items in texts.items():
+        enc = tok(items, truncation=True, max_length=max_length, padding=False,
+                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        out[f"{role}_ids"] = _ragged(enc)
+        out[f"{role}_hash"] = np.array([text_hash(t) for t in items], dtype=np.int64)
+    if fmt == "A":
+        out["label"] = np.array(labels, dtype=np.float32)
+    return out
+
+
+def _ragged(seqs: list[list[int]]) -> np.ndarray:
+    arr = np.empty(len(seqs), dtype=object)
+    for i, s in enumerate(seqs):
+        arr[i] = np.asarray(s, dtype=np.int32)
+    return arr
+
+
+def tokenized_epochs(normalised, ds_cfg: DatasetConfig, model_cfg: ModelConfig, fmt: str,
+                     epochs: int, seed: int):
+    """`epochs` passes over the corpus, each with its own block order and list-field sampling,
+    chained into one stream so a worker iterates it once for the whole run."""
+    passes = []
+    for epoch in range(epochs):
+        passes.append(
+            normalised.randomize_block_order(seed=seed + epoch).map_batches(
+                tokenize_batch, batch_format="numpy", batch_size=BLOCK_ROWS,
+                fn_kwargs={"model_cfg_json": model_cfg.model_dump_json(), "fmt": fmt,
+                           "num_negatives": ds_cfg.num_negatives, "seed": seed, "epoch": epoch,
+                           "max_length": model_cfg.max_length}))
+    return passes[0] if len(passes) == 1 else passes[0].union(*passes[1:])

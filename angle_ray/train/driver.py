@@ -1,0 +1,213 @@
+"""The training driver: config -> Ray Data streams -> TorchTrainer -> fit -> export.
+
+    angle-ray train --config jobs/configs/quickstart.yaml train.epochs=1
+    ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/sts_finetune.yaml
+
+With no cluster address (`--address` / RAY_ADDRESS) an embedded local Ray is started.
+Re-running the same `train.name` under the same `train.storage_path` resumes from the last
+checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from angle_ray.config import JobConfig, dump_config
+
+logger = logging.getLogger(__name__)
+
+# workers run DeepSpeed's CPU accelerator unless a GPU is requested
+CPU_ENV = {"DS_ACCELERATOR": "cpu"}
+
+
+@dataclass
+class TrainRun:
+    run_dir: Path
+    model_dir: Path | None
+    checkpoint_dir: str | None
+    metrics: dict
+    total_steps: int
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (address or RAY_ADDRESS) or start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {**CPU_ENV, "TOKENIZERS_PARALLELISM": "false"}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
+                 log_to_driver=True)
+
+
+def with_expanded_paths(cfg: JobConfig) -> JobConfig:
+    """`{data_dir}` filled in and local paths made absolute (workers have another cwd)."""
+    from angle_ray.data.location import expand_path
+
+    data = [d.model_copy(update={"path": expand_path(d.path)}) for d in cfg.data]
+    dev = cfg.eval.dev
+    if dev is not None:
+        dev = dev.model_copy(update={"path": expand_path(dev.path)})
+    return cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"dev": dev})})
+
+
+def run_dir_of(cfg: JobConfig) -> Path:
+    return Path(cfg.train.storage_path).expanduser().resolve() / cfg.train.name
+
+
+def plan_streams(cfg: JobConfig):
+    """Validate every corpus in one streaming pass and build its tokenised Ray Dataset.
+
+    Returns (datasets for the trainer, stream descriptions for the workers, total steps).
+    """
+    from angle_ray.data.stream import (
+        normalised_corpus,
+        peek_format,
+        roles,
+        tokenized_epochs,
+        validate_corpus,
+    )
+
+    if not cfg.data:
+        raise ValueError("config has no `data:` entries to train on")
+    t = cfg.train
+    max_workers = t.num_workers if isinstance(t.num_workers, int) else t.num_workers[1]
+    global_batch = t.batch_size * max_workers
+    datasets, streams, counts = {}, [], []
+    for i, ds_cfg in enumerate(cfg.data):
+        fmt = peek_format(ds_cfg)
+        normalised = normalised_corpus(ds_cfg, fmt)
+        check = validate_corpus(ds_cfg, normalised)
+        print(f"[angle-ray] data {i}: format {fmt}, {check.summary()}", flush=True)
+        counts.append(check.rows)
+        streams.append({"name": f"train_{i}", "fmt": fmt, "weight": ds_cfg.weight,
+                        "roles": roles(fmt, ds_cfg.num_negatives), "loss": ds_cfg.loss,
+                        "rows": check.rows, "normalised": normalised, "ds_cfg": ds_cfg})
+    steps_per_epoch = sum(max(1, n // global_batch) for n in counts)
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    total_weight = sum(s["weight"] for s in streams)
+    for s in streams:
+        # enough passes over this corpus for its share of the planned steps (+1 for slack)
+        needed = total_steps * s["weight"] / total_weight * global_batch
+        passes = max(1, int(-(-needed // s["rows"])) + (1 if len(streams) > 1 else 0))
+        passes = max(passes, t.epochs) if len(streams) == 1 and not t.max_steps else passes
+        datasets[s["name"]] = tokenized_epochs(s.pop("normalised"), s.pop("ds_cfg"), cfg.model,
+                                               s["fmt"], passes, t.seed)
+    return datasets, streams, total_steps
+
+
+def load_dev(cfg: JobConfig) -> dict | None:
+    if cfg.eval.dev is None:
+        return None
+    from angle_ray.data.formats import read_records
+
+    dev_cfg = cfg.eval.dev
+    rows = list(read_records(dev_cfg if dev_cfg.format != "auto"
+                             else dev_cfg.model_copy(update={"format": "A"})))
+    return {"text1": [r["text1"] for r in rows], "text2": [r["text2"] for r in rows],
+            "gold": [r["label"] for r in rows]}
+
+
+def build_trainer(cfg: JobConfig, datasets: dict, plan: dict):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from angle_ray.train.loop import train_loop_per_worker
+    from angle_ray.train.progress import ProgressCallback
+
+    t = cfg.train
+    run_dir = run_dir_of(cfg)
+    num_workers = t.num_workers if isinstance(t.num_workers, int) else tuple(t.num_workers)
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": cfg.model_dump(mode="json"), "plan": plan},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        datasets=datasets,
+        run_config=RunConfig(
+            name=t.name,
+            storage_path=str(run_dir.parent),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_checkpoints,
+                checkpoint_score_attribute="dev_metric" if plan.get("dev") else None,
+                checkpoint_score_order="max"),
+            callbacks=[ProgressCallback(str(run_dir))],
+        ),
+    )
+
+
+def run_training(cfg: JobConfig, address: str | None = None) -> TrainRun:
+    """Fit the job and write the model folder(s); returns where everything landed."""
+    import ray.data
+
+    from angle_ray.models.backbone import load_tokenizer
+    from angle_ray.train.progress import plot_curves
+
+    cfg = with_expanded_paths(cfg)
+    init_ray(address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # same seed, same batches
+    ctx.enable_progress_bars = False
+
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    datasets, streams, total_steps = plan_streams(cfg)
+    tok = load_tokenizer(cfg.model)
+    plan = {
+        "streams": streams,
+        "total_steps": total_steps,
+        "pad_id": tok.pad_token_id,
+        "left_pad": tok.padding_side == "left",
+        "dev": load_dev(cfg),
+        "train": {"batch_size": cfg.train.batch_size, "group_size": cfg.train.group_by_length,
+                  "shuffle_buffer": cfg.train.shuffle_buffer,
+                  "torch_threads": cfg.train.torch_threads},
+    }
+    print(f"[angle-ray] {total_steps} steps, batch {cfg.train.batch_size} x "
+          f"{cfg.train.num_workers} worker(s); run folder {run_dir}", flush=True)
+    result = build_trainer(cfg, datasets, plan).fit()
+    if result.error:
+        raise result.error
+    plot_curves(run_dir)
+    model_dir = export_final(cfg, result.checkpoint, run_dir)
+    return TrainRun(run_dir=run_dir, model_dir=model_dir,
+                    checkpoint_dir=result.checkpoint.path if result.checkpoint else None,
+                    metrics=dict(result.metrics or {}), total_steps=total_steps)
+
+
+def export_final(cfg: JobConfig, checkpoint, run_dir: Path) -> Path | None:
+    """Copy the last checkpoint's model folder out and write the sentence-transformers export."""
+    from angle_ray.train.loop import MODEL_DIR
+
+    if checkpoint is None:
+        return None
+    out = Path(cfg.export.output_dir) if cfg.export.output_dir else run_dir / "model"
+    with checkpoint.as_directory() as folder:
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(Path(folder) / MODEL_DIR, out)
+    if cfg.export.sentence_transformers:
+        from angle_ray.models.backbone import load_embedding_model
+        from angle_ray.models.export import export_sentence_transformers
+
+        try:
+            export_sentence_transformers(load_embedding_model(str(out)),
+                                         str(out.parent / (out.name + "-sentence-transformers")))
+        except ValueError as err:  # pooling without a sentence-transformers equivalent
+            logger.warning("sentence-transformers export skipped: %s", err)
+    print(f"[angle-ray] model written to {out}", flush=True)
+    return out

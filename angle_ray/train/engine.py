@@ -1,0 +1,203 @@
+"""The optimisation engine of a worker: DeepSpeed (ZeRO 0-3) or plain DDP, one small interface.
+
+    engine = make_engine(model, train_cfg, total_steps, device)
+    emb = engine.forward(input_ids, attention_mask)
+    engine.backward(loss); engine.step()
+    engine.save(folder); engine.load(folder)
+
+DeepSpeed is called directly (`deepspeed.initialize`), never together with Ray's
+`prepare_model`. The optimiser is torch's AdamW handed to DeepSpeed as a client optimiser, so
+no fused CUDA / CPU-Adam kernel has to be compiled on CPU machines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from angle_ray.config import TrainConfig
+
+DS_TAG = "state"
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    w = cfg.warmup_steps
+    return int(round(w * total_steps)) if isinstance(w, float) and w < 1 else int(w)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Linear warmup, then linear or cosine decay to 0 (or constant)."""
+    warm = warmup_steps(cfg, total_steps)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
+    """The DeepSpeed JSON config for a TrainConfig (bf16/fp16 only on GPU)."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage >= 2:
+        zero.update({"overlap_comm": on_gpu, "contiguous_gradients": True})
+    if cfg.offload and cfg.zero_stage >= 2:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if cfg.offload and cfg.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    if cfg.zero_stage == 3:
+        # gather the full weights when saving so the exported model is complete
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch AdamW as a client optimiser
+        "bf16": {"enabled": on_gpu and dtype == "bf16"},
+        "fp16": {"enabled": on_gpu and dtype == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine:
+    def __init__(self, model, cfg: TrainConfig, total_steps: int, on_gpu: bool):
+        import deepspeed
+
+        self.cfg = cfg
+        self.model = model
+        optim = _optimizer(model, cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg, total_steps))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optim, lr_scheduler=sched,
+            config=deepspeed_config(cfg, model.cfg.dtype, on_gpu),
+            dist_init_required=not dist.is_initialized())
+
+    def forward(self, input_ids, attention_mask):
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask)
+
+    def backward(self, loss):
+        self.engine.backward(loss)
+
+    def step(self) -> bool:
+        """Returns True when this call applied an optimiser update (end of accumulation)."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        return boundary
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, folder: str) -> None:
+        self.engine.save_checkpoint(folder, tag=DS_TAG)
+
+    def load(self, folder: str) -> None:
+        self.engine.load_checkpoint(folder, tag=DS_TAG, load_module_strict=False)
+
+    def full_weights(self):
+        """A context in which `self.model`'s parameters are complete (ZeRO-3 gathers them)."""
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()),
+                                                     modifier_rank=None)
+        return nullcontext()
+
+    @property
+    def all_ranks_forward_for_eval(self) -> bool:
+        return self.cfg.zero_stage == 3  # sharded weights: every rank joins each forward
+
+
+class DDPEngine:
+    """torch DistributedDataParallel with AdamW, warmup schedule, accumulation and clipping."""
+
+    def __init__(self, model, cfg: TrainConfig, total_steps: int, device: torch.device):
+        self.cfg = cfg
+        self.model = model
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+            if dist.is_initialized() and dist.get_world_size() > 1 else model)
+        self.optimizer = _optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
+        self.micro = 0
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if model.cfg.dtype == "bf16" and device.type == "cuda" else nullcontext())
+
+    def forward(self, input_ids, attention_mask):
+        with self.autocast:
+            return self.ddp(input_ids=input_ids, attention_mask=attention_mask)
+
+    def backward(self, loss):
+        (loss / self.cfg.grad_accum).backward()
+
+    def step(self) -> bool:
+        self.micro += 1
+        if self.micro % self.cfg.grad_accum:
+            return False
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, folder: str) -> None:
+        from safetensors.torch import save_file
+
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        save_file(state, os.path.join(folder, "ddp_model.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "micro": self.micro},
+                   os.path.join(folder, "ddp_optimizer.pt"))
+
+    def load(self, folder: str) -> None:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(os.path.join(folder, "ddp_model.safetensors")))
+        state = torch.load(os.path.join(folder, "ddp_optimizer.pt"), weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.micro = state["micro"]
+
+    def full_weights(self):
+        return nullcontext()
+
+    all_ranks_forward_for_eval = False
+
+
+def make_engine(model, cfg: TrainConfig, total_steps: int, device: torch.device):
+    if cfg.strategy == "deepspeed":
+        return DeepSpeedEngine(model, cfg, total_steps, on_gpu=device.type == "cuda")
+    return DDPEngine(model, cfg, total_steps, device)
+
+
+def checkpoint_has_engine_state(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / DS_TAG).is_dir() or (folder / "ddp_model.safetensors").is_file()

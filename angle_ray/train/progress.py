@@ -1,0 +1,128 @@
+"""What a person watches during a run: a live line, metrics.csv, TensorBoard, a PNG at the end.
+
+`ProgressCallback` runs in Ray Train's controller (it receives every `ray.train.report`),
+prints one line per report (step/total, loss, samples/s, ETA, dev metric) and appends the
+metrics to `<run>/metrics.csv` and TensorBoard event files under `<run>/tensorboard/`.
+`plot_curves` turns metrics.csv into `<run>/curves.png` when the run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+from ray.train import UserCallback
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_line(m: dict, elapsed: float, start_step: int) -> str:
+    step, total = m["step"], m["total_steps"]
+    done = step - start_step
+    eta = elapsed / done * (total - step) if done > 0 else float("inf")
+    parts = [f"step {step}/{total}"]
+    if "loss" in m:
+        parts.append(f"loss {m['loss']:.4f}")
+    if "samples_per_s" in m:
+        parts.append(f"{m['samples_per_s']:.1f} samples/s")
+    if "dev_metric" in m and m["dev_metric"] == m["dev_metric"]:
+        parts.append(f"dev {m['dev_metric']:.2f}")
+    parts.append(f"lr {m['lr']:.2e}")
+    parts.append(f"ETA {_fmt_eta(eta)}")
+    return "[angle-ray] " + " | ".join(parts)
+
+
+class ProgressCallback(UserCallback):
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.start = None
+        self.start_step = 0
+        self.writer = None
+
+    def _tb(self):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(self.run_dir) / "tensorboard"))
+        return self.writer
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0] if metrics else {}
+        if "step" not in m:
+            return
+        now = time.time()
+        if self.start is None:
+            self.start, self.start_step = now, m["step"] - 1
+        print(progress_line(m, now - self.start, self.start_step), flush=True)
+        append_csv(Path(self.run_dir) / "metrics.csv", m)
+        tb = self._tb()
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and k != "step" and v == v:
+                tb.add_scalar(k, v, m["step"])
+        tb.flush()
+
+
+def append_csv(path: Path, row: dict) -> None:
+    """Append a row; the header grows when a later row has new keys (e.g. dev_metric)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if path.exists():
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+    rows.append({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot_curves(run_dir: str | Path) -> Path | None:
+    """Loss (and dev metric when present) against step, from metrics.csv, as curves.png."""
+    run_dir = Path(run_dir)
+    src = run_dir / "metrics.csv"
+    if not src.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with src.open() as f:
+        rows = list(csv.DictReader(f))
+
+    def series(key):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "nan")]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    has_dev = any(r.get("dev_metric") not in (None, "", "nan") for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_dev else 1, figsize=(11 if has_dev else 6, 4))
+    axes = list(axes) if has_dev else [axes]
+    x, y = series("loss")
+    axes[0].plot(x, y, label="loss")
+    for key in sorted({k for r in rows for k in r if k.startswith("loss/")}):
+        xs, ys = series(key)
+        axes[0].plot(xs, ys, label=key.split("/", 1)[1], alpha=0.7)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    if has_dev:
+        x, y = series("dev_metric")
+        axes[1].plot(x, y, marker="o")
+        axes[1].set_xlabel("step")
+        axes[1].set_title("dev metric")
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
