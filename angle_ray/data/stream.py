@@ -28,13 +28,12 @@ import pyarrow as pa
 
 from angle_ray.config import DatasetConfig, ModelConfig
 from angle_ray.data.errors import DataError
-from angle_ray.data.formats import RowNormaliser, detect_format, sample_record
+from angle_ray.data.formats import BadRowReport, RowNormaliser, sample_record
 from angle_ray.data.readers import iter_rows, list_files
 
 logger = logging.getLogger(__name__)
 
 BLOCK_ROWS = 1024
-REPORT_LOCATIONS = 20
 
 
 def roles(fmt: str, num_negatives: int = 1) -> list[str]:
@@ -56,6 +55,10 @@ def _jsonable(value):
     return str(value)
 
 
+def _error_json(err: DataError) -> str:
+    return json.dumps([err.file, err.row, err.field, err.reason, err.unit])
+
+
 def _read_file_blocks(path: str):
     """Read task body: blocks of (source, raw JSON row, read error) for one file."""
     sources: list[str] = []
@@ -70,7 +73,7 @@ def _read_file_blocks(path: str):
     def on_bad_row(err: DataError):
         sources.append(f"{err.file}:{err.row}")
         raws.append("")
-        errors.append(json.dumps([err.file, err.row, err.field, err.reason, err.unit]))
+        errors.append(_error_json(err))
 
     for row_no, row in iter_rows(path, on_bad_row=on_bad_row):
         sources.append(f"{path}:{row_no}")
@@ -126,20 +129,9 @@ def normalise_batch(batch: dict, ds_cfg: DatasetConfig, fmt: str) -> dict:
             if ds_cfg.on_bad_rows == "error":
                 raise
             records.append("")
-            bad.append(str(err))
+            bad.append(_error_json(err))
     return {"_source": batch["_source"], "_record": np.array(records, dtype=object),
             "_bad": np.array(bad, dtype=object)}
-
-
-def peek_format(ds_cfg: DatasetConfig) -> str:
-    """The configured format, or the one the first row's columns (after renames) imply."""
-    if ds_cfg.format != "auto":
-        return ds_cfg.format
-    first = list_files(ds_cfg.path)[0]
-    for _, row in iter_rows(first):
-        cols = [ds_cfg.column_rename_mapping.get(c, c) for c in row]
-        return detect_format(cols)
-    raise DataError(first, None, None, "no rows to detect the format from; set format: A|B|C")
 
 
 def normalised_corpus(ds_cfg: DatasetConfig, fmt: str):
@@ -154,14 +146,12 @@ class CorpusCheck:
 
     path: str
     rows: int = 0
-    skipped: int = 0
-    skipped_at: list[str] = field(default_factory=list)
+    skipped: BadRowReport = field(default_factory=BadRowReport)
 
     def summary(self) -> str:
         text = f"{self.path}: {self.rows} rows"
-        if self.skipped:
-            text += f", skipped {self.skipped} bad rows (on_bad_rows: skip), e.g.: " + "; ".join(
-                self.skipped_at[:5])
+        if self.skipped.count:
+            text += "\n" + self.skipped.summary(self.path)
         return text
 
 
@@ -177,9 +167,7 @@ def validate_corpus(ds_cfg: DatasetConfig, normalised) -> CorpusCheck:
                                                                       batch_size=4096):
             for msg in batch["_bad"]:
                 if msg:
-                    check.skipped += 1
-                    if len(check.skipped_at) < REPORT_LOCATIONS:
-                        check.skipped_at.append(msg)
+                    check.skipped.add(DataError(*json.loads(msg)))
                 else:
                     check.rows += 1
     except Exception as err:  # Ray wraps task errors; surface the DataError the user needs
@@ -187,8 +175,8 @@ def validate_corpus(ds_cfg: DatasetConfig, normalised) -> CorpusCheck:
         if cause is not None:
             raise cause from None
         raise
-    if check.skipped:
-        logger.warning(check.summary())
+    if check.skipped.count:
+        logger.warning(check.skipped.summary(ds_cfg.path))
     if check.rows == 0:
         raise DataError(ds_cfg.path, None, None, "no usable rows")
     return check

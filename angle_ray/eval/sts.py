@@ -29,13 +29,14 @@ def spearman_x100(predicted: Sequence[float], gold: Sequence[float]) -> float:
 
 def sts_spearman(model, text1: list[str], text2: list[str], gold: list[float],
                  batch_size: int = 64, dtype: str = "fp32", prompt: str | None = None,
-                 desc: str = "sts") -> float:
+                 desc: str = "sts", show_progress: bool = True) -> float:
     """Encode both sides (unique texts once) and return Spearman x100 of their cosine."""
     from angle_ray.models.embedder import encode
 
     unique = list(dict.fromkeys([*text1, *text2]))
     index = {t: i for i, t in enumerate(unique)}
-    emb = encode(model, unique, batch_size=batch_size, prompt=prompt, dtype=dtype, desc=desc)
+    emb = encode(model, unique, batch_size=batch_size, prompt=prompt, dtype=dtype, desc=desc,
+                 show_progress=show_progress)
     e1 = emb[[index[t] for t in text1]]
     e2 = emb[[index[t] for t in text2]]
     return spearman_x100(cosine_rows(e1, e2), gold)

@@ -51,7 +51,7 @@ def _hub_sts(task: str, hub_id: str) -> StsData | None:
         import datasets
 
         ds = datasets.load_dataset(hub_id, split="test")
-    except Exception:  # unreachable hub or dataset moved: the caller raises the clear error
+    except Exception:  # noqa: BLE001  unreachable hub or dataset moved: the caller raises the clear error
         return None
     return StsData(list(ds["sentence1"]), list(ds["sentence2"]), [float(s) for s in ds["score"]])
 

@@ -68,9 +68,9 @@ def plan_streams(cfg: JobConfig):
 
     Returns (datasets for the trainer, stream descriptions for the workers, total steps).
     """
+    from angle_ray.data.formats import resolve_format
     from angle_ray.data.stream import (
         normalised_corpus,
-        peek_format,
         roles,
         tokenized_epochs,
         validate_corpus,
@@ -83,7 +83,7 @@ def plan_streams(cfg: JobConfig):
     global_batch = t.batch_size * max_workers
     datasets, streams, counts = {}, [], []
     for i, ds_cfg in enumerate(cfg.data):
-        fmt = peek_format(ds_cfg)
+        fmt = resolve_format(ds_cfg)
         normalised = normalised_corpus(ds_cfg, fmt)
         check = validate_corpus(ds_cfg, normalised)
         print(f"[angle-ray] data {i}: format {fmt}, {check.summary()}", flush=True)

@@ -27,7 +27,7 @@ DS_TAG = "state"
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     w = cfg.warmup_steps
-    return int(round(w * total_steps)) if isinstance(w, float) and w < 1 else int(w)
+    return round(w * total_steps) if isinstance(w, float) and w < 1 else int(w)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -54,7 +54,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
@@ -88,10 +88,11 @@ class DeepSpeedEngine:
 
         self.cfg = cfg
         self.model = model
-        optim = _optimizer(model, cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg, total_steps))
+        schedule = lr_lambda(cfg, total_steps)
+        # the scheduler is built on the optimizer DeepSpeed returns (ZeRO wraps the client one)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optim, lr_scheduler=sched,
+            model=model, optimizer=_optimizer(model, cfg),
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
             config=deepspeed_config(cfg, model.cfg.dtype, on_gpu),
             dist_init_required=not dist.is_initialized())
 

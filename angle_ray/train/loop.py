@@ -138,6 +138,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"[angle-ray] resumed from checkpoint at step {step}/{total_steps}", flush=True)
 
+    start_step = step
     streams = Streams(plan, t.seed, rank)
     weights = [s["weight"] for s in plan["streams"]]
     for skipped in range(step):  # move the data streams past what the checkpoint has seen
@@ -173,15 +174,19 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = None
         if step % t.log_every == 0 or last:
             metrics = {"step": step, "total_steps": total_steps, "lr": engine.lr(),
-                       **window.flush(), **{f"steps/{p['name']}": n for p, n in
+                       "world_size": world_size, "resumed_from": start_step, **window.flush(), **{f"steps/{p['name']}": n for p, n in
                                             zip(plan["streams"], stream_steps)}}
         if step % t.checkpoint_every == 0 or last:
-            metrics = metrics or {"step": step, "total_steps": total_steps, "lr": engine.lr()}
+            metrics = metrics or {"step": step, "total_steps": total_steps, "lr": engine.lr(),
+                                  "world_size": world_size, "resumed_from": start_step}
             if dev is not None:
                 metrics["dev_metric"] = dev.run(engine, rank)
             save_and_report(engine, model, job, step, metrics, rank, last)
         elif metrics is not None:
             ray.train.report(metrics)
+    if start_step >= total_steps:  # a finished run re-submitted: nothing left to do
+        ray.train.report({"step": step, "total_steps": total_steps, "lr": 0.0,
+                          "world_size": world_size})
 
 
 class Window:
@@ -230,7 +235,7 @@ class DevEvaluator:
             with engine.full_weights():
                 value = sts_spearman(model, self.dev["text1"], self.dev["text2"],
                                      self.dev["gold"], batch_size=self.job.eval.batch_size,
-                                     desc="dev")
+                                     desc="dev", show_progress=False)
         finally:
             model.train()
         return value

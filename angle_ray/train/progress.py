@@ -33,7 +33,7 @@ def progress_line(m: dict, elapsed: float, start_step: int) -> str:
         parts.append(f"loss {m['loss']:.4f}")
     if "samples_per_s" in m:
         parts.append(f"{m['samples_per_s']:.1f} samples/s")
-    if "dev_metric" in m and m["dev_metric"] == m["dev_metric"]:
+    if "dev_metric" in m and not math.isnan(m["dev_metric"]):
         parts.append(f"dev {m['dev_metric']:.2f}")
     parts.append(f"lr {m['lr']:.2e}")
     parts.append(f"ETA {_fmt_eta(eta)}")
@@ -65,7 +65,7 @@ class ProgressCallback(UserCallback):
         append_csv(Path(self.run_dir) / "metrics.csv", m)
         tb = self._tb()
         for k, v in m.items():
-            if isinstance(v, (int, float)) and k != "step" and v == v:
+            if isinstance(v, (int, float)) and k != "step" and not math.isnan(v):
                 tb.add_scalar(k, v, m["step"])
         tb.flush()
 

@@ -1,4 +1,4 @@
-"""Fixtures for the model tests; `tiny_llm_dir` is shared with other test folders."""
+"""Fixtures for the model tests (`tiny_llm_dir` lives in tests/conftest.py)."""
 
 import json
 
@@ -7,13 +7,6 @@ import torch
 
 from angle_ray.config import LoraConfig, ModelConfig
 from angle_ray.models import build_model
-from angle_ray.models.tiny_llm import make_tiny_llm
-
-
-@pytest.fixture(scope="session")
-def tiny_llm_dir(tmp_path_factory) -> str:
-    """A random-init Qwen2 causal LM (hidden 64, 2 layers) + byte-level BPE tokenizer on disk."""
-    return make_tiny_llm(tmp_path_factory.mktemp("tiny-qwen2"), arch="qwen2")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,109 @@
+"""End-to-end training runs on the session's local Ray: real Ray Data, Ray Train, DeepSpeed."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest import read_metrics, write_rows
+
+from angle_ray.data.errors import DataError
+from angle_ray.models.backbone import load_embedding_model
+from angle_ray.train.driver import run_training
+from angle_ray.train.loop import pick_stream
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stage_trains_tiny_llm_lora_on_two_workers(ray_local, tiny_job, stage):
+    cfg = tiny_job(train={"zero_stage": stage, "num_workers": 2, "max_steps": 4,
+                          "checkpoint_every": 4, "name": f"zero{stage}"})
+    run = run_training(cfg)
+    rows = read_metrics(run.run_dir)
+    assert int(rows[-1]["step"]) == 4 and int(rows[-1]["world_size"]) == 2
+    assert all(float(r["loss"]) == float(r["loss"]) for r in rows if r.get("loss"))  # no NaN
+    model = load_embedding_model(run.model_dir)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it trained
+
+
+def test_bad_row_in_the_stream_fails_naming_file_line_and_field(ray_local, tiny_job, tmp_path,
+                                                               data_dir):
+    rows = [json.loads(x) for x in (data_dir / "stsb" / "train.jsonl").open().readlines()[:40]]
+    rows[22]["text2"] = "   "
+    path = write_rows(tmp_path / "bad.jsonl", rows)
+    cfg = tiny_job(data=[{"path": path, "format": "A", "label_range": [0, 5]}])
+    with pytest.raises(DataError, match=r"bad\.jsonl line 23, field 'text2'"):
+        run_training(cfg)
+
+
+def test_two_mixed_datasets_each_get_their_weights_share_of_steps(ray_local, tiny_job,
+                                                                  stsb_slice, nli_slice):
+    cfg = tiny_job(data=[{"path": stsb_slice, "format": "A", "label_range": [0, 5], "weight": 3},
+                         {"path": nli_slice, "format": "C", "weight": 1}],
+                   train={"max_steps": 24, "log_every": 24, "checkpoint_every": 24, "name": "mix"})
+    run = run_training(cfg)
+    last = read_metrics(run.run_dir)[-1]
+    expected = [pick_stream(cfg.train.seed, s, [3, 1]) for s in range(24)]
+    assert int(last["steps/train_0"]) == expected.count(0)
+    assert int(last["steps/train_1"]) == expected.count(1)
+    assert expected.count(0) > 2 * expected.count(1) > 0
+    assert float(last["loss/cln"]) >= 0  # the Format C stream ran its contrastive term
+
+
+def test_elastic_run_uses_what_fits_between_its_bounds(ray_local, tiny_job):
+    # 2 CPUs in this Ray: at 1.5 CPU a worker only one fits, so [1, 2] must run with 1
+    cfg = tiny_job(train={"num_workers": [1, 2], "cpus_per_worker": 1.5, "max_steps": 2,
+                          "checkpoint_every": 2, "name": "elastic"})
+    run = run_training(cfg)
+    assert int(read_metrics(run.run_dir)[-1]["world_size"]) == 1
+    cfg = tiny_job(train={"num_workers": [1, 2], "cpus_per_worker": 0.5, "max_steps": 2,
+                          "checkpoint_every": 2, "name": "elastic2"})
+    run = run_training(cfg)
+    assert int(read_metrics(run.run_dir)[-1]["world_size"]) == 2
+
+
+def test_rerunning_a_job_name_resumes_from_its_last_checkpoint(ray_local, tiny_job):
+    first = run_training(tiny_job(train={"max_steps": 4, "checkpoint_every": 2, "name": "again"}))
+    second = run_training(tiny_job(train={"max_steps": 8, "checkpoint_every": 2, "name": "again"}))
+    assert second.run_dir == first.run_dir
+    rows = read_metrics(second.run_dir)
+    steps = [int(r["step"]) for r in rows]
+    assert steps == [2, 4, 6, 8]  # the second run did not start over at step 1
+    assert int(rows[-1]["resumed_from"]) == 4
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir, killed: list):
+    from ray.util.state import list_actors
+
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                           ("state", "=", "ALIVE")])
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+                return
+        time.sleep(0.2)
+
+
+def test_killed_worker_resumes_from_checkpoint_and_finishes_planned_steps(ray_local, tiny_job):
+    cfg = tiny_job(train={"max_steps": 80, "checkpoint_every": 10, "log_every": 5,
+                          "max_failures": 2, "name": "killed"})
+    run_dir = cfg.train.storage_path and (
+        __import__("pathlib").Path(cfg.train.storage_path).resolve() / "killed")
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
+    killer.start()
+    run = run_training(cfg)
+    killer.join()
+    assert killed, "no worker was killed: the run finished before its first checkpoint"
+    rows = read_metrics(run.run_dir)
+    assert int(rows[-1]["step"]) == 80
+    resumed = {int(r["resumed_from"]) for r in rows}
+    assert max(resumed) >= 10  # a restarted worker group loaded a checkpoint
+    assert json.loads((run.model_dir / "angle_ray.json").read_text())
