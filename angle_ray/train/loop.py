@@ -123,6 +123,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = (torch.device("cuda", ray.train.get_context().get_local_rank())
               if t.use_gpu and torch.cuda.is_available() else torch.device("cpu"))
 
+    if device.type == "cpu":  # DeepSpeed picks its accelerator on first use
+        os.environ["DS_ACCELERATOR"] = "cpu"
     model = build_model(job.model).to(device)
     model.train()
     losses = [build_loss(job.loss.model_copy(update=s.get("loss", {}))) for s in plan["streams"]]
@@ -182,8 +184,13 @@ def train_loop_per_worker(config: dict) -> None:
             if dev is not None:
                 metrics["dev_metric"] = dev.run(engine, rank)
             save_and_report(engine, model, job, step, metrics, rank, last)
-        elif metrics is not None:
-            ray.train.report(metrics)
+        else:
+            if dev is not None and t.eval_every and step % t.eval_every == 0:
+                metrics = metrics or {"step": step, "total_steps": total_steps, "lr": engine.lr(),
+                                      "world_size": world_size, "resumed_from": start_step}
+                metrics["dev_metric"] = dev.run(engine, rank)
+            if metrics is not None:
+                ray.train.report(metrics)
     if start_step >= total_steps:  # a finished run re-submitted: nothing left to do
         ray.train.report({"step": step, "total_steps": total_steps, "lr": 0.0,
                           "world_size": world_size})

@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import read_metrics, write_rows
@@ -76,26 +77,34 @@ def test_rerunning_a_job_name_resumes_from_its_last_checkpoint(ray_local, tiny_j
     assert int(rows[-1]["resumed_from"]) == 4
 
 
-def _kill_a_worker_after_first_checkpoint(run_dir, killed: list):
-    from ray.util.state import list_actors
+def _train_worker_pids() -> list[int]:
+    """PIDs of this session's Ray Train workers (descendants of our raylet), via psutil."""
+    import psutil
+    import ray._private.worker as ray_worker
 
+    raylet = ray_worker._global_node.all_processes["raylet"][0].process.pid
+    return [p.pid for p in psutil.Process(raylet).children(recursive=True)
+            if "RayTrainWorker" in " ".join(p.cmdline())]
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir, killed: list):
+    """Kill a worker once the step-10 checkpoint is committed (metrics.csv has moved past it)."""
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
-        if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                           ("state", "=", "ALIVE")])
-            if workers:
-                os.kill(workers[0].pid, signal.SIGKILL)
-                killed.append(workers[0].pid)
+        if (run_dir / "metrics.csv").exists() and any(
+                int(r["step"]) >= 15 for r in read_metrics(run_dir)):
+            pids = _train_worker_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
                 return
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def test_killed_worker_resumes_from_checkpoint_and_finishes_planned_steps(ray_local, tiny_job):
-    cfg = tiny_job(train={"max_steps": 80, "checkpoint_every": 10, "log_every": 5,
+    cfg = tiny_job(train={"max_steps": 200, "checkpoint_every": 10, "log_every": 5,
                           "max_failures": 2, "name": "killed"})
-    run_dir = cfg.train.storage_path and (
-        __import__("pathlib").Path(cfg.train.storage_path).resolve() / "killed")
+    run_dir = Path(cfg.train.storage_path).resolve() / "killed"
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
     killer.start()
@@ -103,7 +112,7 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes_planned_steps(ray_lo
     killer.join()
     assert killed, "no worker was killed: the run finished before its first checkpoint"
     rows = read_metrics(run.run_dir)
-    assert int(rows[-1]["step"]) == 80
+    assert int(rows[-1]["step"]) == 200
     resumed = {int(r["resumed_from"]) for r in rows}
     assert max(resumed) >= 10  # a restarted worker group loaded a checkpoint
     assert json.loads((run.model_dir / "angle_ray.json").read_text())
