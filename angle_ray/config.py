@@ -141,11 +141,27 @@ class TrainConfig(_Strict):
     torch_threads: int | None = Field(None, ge=1)  # None: node cores / workers on the node
 
 
+class RetrievalDevConfig(_Strict):
+    """A BEIR folder whose judged queries are split by query id; the dev half is evaluated."""
+
+    path: str
+    split: str = "train"  # qrels/<split>.tsv
+    dev_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    max_queries: int | None = Field(None, ge=1)  # cap for quick checks during training
+
+
 class EvalConfig(_Strict):
-    dev: DatasetConfig | None = None
-    metric: str = "spearman"
+    dev: DatasetConfig | None = None  # STS dev set (Format A): Spearman x100
+    retrieval_dev: RetrievalDevConfig | None = None  # or retrieval: nDCG@10 x100
     tasks: list[str] = []
     batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _one_dev_metric(self) -> "EvalConfig":
+        if self.dev is not None and self.retrieval_dev is not None:
+            raise ValueError("set eval.dev (STS) or eval.retrieval_dev (retrieval), not both")
+        return self
 
 
 class ExportConfig(_Strict):

@@ -75,16 +75,19 @@ def search_flat(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> tuple[np.
 def evaluate_retrieval(model, corpus: Mapping[str, str], queries: Mapping[str, str],
                        qrels: Mapping[str, Mapping[str, int]], batch_size: int = 64,
                        dtype: str = "fp32", query_prompt: str | None = None,
-                       doc_prompt: str | None = None, depth: int = 100) -> dict:
+                       doc_prompt: str | None = None, depth: int = 100,
+                       show_progress: bool = True) -> dict:
     """Encode the corpus and the judged queries, rank with FAISS, return metrics x100."""
     from angle_ray.models.embedder import encode
 
     doc_ids = list(corpus)
     query_ids = [q for q in qrels if q in queries]
     doc_emb = encode(model, [corpus[d] for d in doc_ids], batch_size=batch_size,
-                     prompt=doc_prompt, dtype=dtype, desc="encode corpus")
+                     prompt=doc_prompt, dtype=dtype, desc="encode corpus",
+                     show_progress=show_progress)
     query_emb = encode(model, [queries[q] for q in query_ids], batch_size=batch_size,
-                       prompt=query_prompt, dtype=dtype, desc="encode queries")
+                       prompt=query_prompt, dtype=dtype, desc="encode queries",
+                       show_progress=show_progress)
     _, idx = search_flat(doc_emb, query_emb, depth)
     rankings = {q: [doc_ids[j] for j in row if j >= 0] for q, row in zip(query_ids, idx)}
     return retrieval_metrics(rankings, {q: qrels[q] for q in query_ids})

@@ -52,10 +52,13 @@ def with_expanded_paths(cfg: JobConfig) -> JobConfig:
     from angle_ray.data.location import expand_path
 
     data = [d.model_copy(update={"path": expand_path(d.path)}) for d in cfg.data]
-    dev = cfg.eval.dev
-    if dev is not None:
-        dev = dev.model_copy(update={"path": expand_path(dev.path)})
-    return cfg.model_copy(update={"data": data, "eval": cfg.eval.model_copy(update={"dev": dev})})
+    ev = cfg.eval
+    if ev.dev is not None:
+        ev = ev.model_copy(update={"dev": ev.dev.model_copy(update={"path": expand_path(ev.dev.path)})})
+    if ev.retrieval_dev is not None:
+        ev = ev.model_copy(update={"retrieval_dev": ev.retrieval_dev.model_copy(
+            update={"path": expand_path(ev.retrieval_dev.path)})})
+    return cfg.model_copy(update={"data": data, "eval": ev})
 
 
 def run_dir_of(cfg: JobConfig) -> Path:
@@ -104,6 +107,16 @@ def plan_streams(cfg: JobConfig):
 
 
 def load_dev(cfg: JobConfig) -> dict | None:
+    """The dev set shipped to the workers: STS pairs, or a BEIR corpus with its dev queries."""
+    if cfg.eval.retrieval_dev is not None:
+        from angle_ray.data.beir import load_beir, split_qrels_by_query
+
+        r = cfg.eval.retrieval_dev
+        data = load_beir(r.path, split=r.split)
+        _, dev = split_qrels_by_query(data.qrels, r.dev_fraction, r.seed)
+        qids = sorted(dev)[: r.max_queries] if r.max_queries else sorted(dev)
+        return {"kind": "retrieval", "corpus": data.corpus,
+                "queries": {q: data.queries[q] for q in qids}, "qrels": {q: dev[q] for q in qids}}
     if cfg.eval.dev is None:
         return None
     from angle_ray.data.formats import read_records
@@ -111,8 +124,8 @@ def load_dev(cfg: JobConfig) -> dict | None:
     dev_cfg = cfg.eval.dev
     rows = list(read_records(dev_cfg if dev_cfg.format != "auto"
                              else dev_cfg.model_copy(update={"format": "A"})))
-    return {"text1": [r["text1"] for r in rows], "text2": [r["text2"] for r in rows],
-            "gold": [r["label"] for r in rows]}
+    return {"kind": "sts", "text1": [r["text1"] for r in rows],
+            "text2": [r["text2"] for r in rows], "gold": [r["label"] for r in rows]}
 
 
 def build_trainer(cfg: JobConfig, datasets: dict, plan: dict):

@@ -194,6 +194,8 @@ class DDPEngine:
 
 
 def make_engine(model, cfg: TrainConfig, total_steps: int, device: torch.device):
+    """`total_steps` counts micro-batches; the schedule counts optimiser updates."""
+    total_steps = max(1, -(-total_steps // cfg.grad_accum))
     if cfg.strategy == "deepspeed":
         return DeepSpeedEngine(model, cfg, total_steps, on_gpu=device.type == "cuda")
     return DDPEngine(model, cfg, total_steps, device)

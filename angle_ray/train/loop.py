@@ -225,7 +225,7 @@ class Window:
 
 
 class DevEvaluator:
-    """STS Spearman x100 on the configured dev set, run during training."""
+    """The dev metric during training: STS Spearman x100, or retrieval nDCG@10 x100."""
 
     def __init__(self, job: JobConfig, plan: dict):
         self.job = job
@@ -234,18 +234,25 @@ class DevEvaluator:
     def run(self, engine, rank: int) -> float:
         if rank != 0 and not engine.all_ranks_forward_for_eval:
             return float("nan")  # rank 0's value is the one Ray Train records
-        from angle_ray.eval.sts import sts_spearman
-
         model = engine.model
         model.eval()
         try:
             with engine.full_weights():
-                value = sts_spearman(model, self.dev["text1"], self.dev["text2"],
-                                     self.dev["gold"], batch_size=self.job.eval.batch_size,
-                                     desc="dev", show_progress=False)
+                return self._measure(model)
         finally:
             model.train()
-        return value
+
+    def _measure(self, model) -> float:
+        d, bs = self.dev, self.job.eval.batch_size
+        if d["kind"] == "retrieval":
+            from angle_ray.eval.retrieval import evaluate_retrieval
+
+            return evaluate_retrieval(model, d["corpus"], d["queries"], d["qrels"], batch_size=bs,
+                                      show_progress=False)["ndcg@10"]
+        from angle_ray.eval.sts import sts_spearman
+
+        return sts_spearman(model, d["text1"], d["text2"], d["gold"], batch_size=bs,
+                            desc="dev", show_progress=False)
 
 
 def save_and_report(engine, model, job: JobConfig, step: int, metrics: dict, rank: int,

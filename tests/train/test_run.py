@@ -116,3 +116,41 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes_planned_steps(ray_lo
     resumed = {int(r["resumed_from"]) for r in rows}
     assert max(resumed) >= 10  # a restarted worker group loaded a checkpoint
     assert json.loads((run.model_dir / "angle_ray.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def scifact_small(data_dir, tmp_path_factory) -> str:
+    """A real SciFact slice in BEIR layout: 40 judged queries, their documents and 160 others."""
+    import gzip
+
+    src = data_dir / "scifact"
+    qrels = [line.split("\t") for line in (src / "qrels" / "train.tsv").read_text().splitlines()[1:]]
+    qids = list(dict.fromkeys(q for q, _, _ in qrels))[:40]
+    keep = [(q, d, s) for q, d, s in qrels if q in qids]
+    docs = [json.loads(x) for x in gzip.open(src / "corpus.jsonl.gz", "rt")]
+    wanted = {d for _, d, _ in keep}
+    chosen = [d for d in docs if d["id"] in wanted] + [d for d in docs if d["id"] not in wanted][:160]
+    out = tmp_path_factory.mktemp("scifact-small")
+    (out / "qrels").mkdir()
+    (out / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in keep))
+    write_rows(out / "corpus.jsonl", chosen)
+    queries = [json.loads(x) for x in (src / "queries.jsonl").open()]
+    write_rows(out / "queries.jsonl", [q for q in queries if q["id"] in qids])
+    return str(out)
+
+
+def test_ddp_two_workers_with_retrieval_dev_metric_and_run_artefacts(ray_local, tiny_job,
+                                                                     scifact_small):
+    cfg = tiny_job(train={"strategy": "ddp", "num_workers": 2, "max_steps": 4,
+                          "checkpoint_every": 2, "keep_checkpoints": 1, "name": "ddp"},
+                   eval={"retrieval_dev": {"path": scifact_small, "dev_fraction": 0.5}})
+    run = run_training(cfg)
+    rows = read_metrics(run.run_dir)
+    dev = [float(r["dev_metric"]) for r in rows if r.get("dev_metric")]
+    assert len(dev) == 2 and all(0.0 <= v <= 100.0 for v in dev)
+    assert int(rows[-1]["world_size"]) == 2
+    assert (run.run_dir / "curves.png").stat().st_size > 0
+    assert list((run.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len([p for p in run.run_dir.glob("checkpoint_*") if p.is_dir()]) == 1  # keep 1
+    assert load_embedding_model(run.model_dir).cfg.is_llm
