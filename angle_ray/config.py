@@ -158,7 +158,7 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
 
     @model_validator(mode="after")
-    def _one_dev_metric(self) -> "EvalConfig":
+    def _one_dev_metric(self) -> EvalConfig:
         if self.dev is not None and self.retrieval_dev is not None:
             raise ValueError("set eval.dev (STS) or eval.retrieval_dev (retrieval), not both")
         return self

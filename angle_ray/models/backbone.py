@@ -153,7 +153,15 @@ def _load_backbone(path: str, cfg: ModelConfig) -> nn.Module:
             path,
             archs[0],
         )
-    return AutoModel.from_pretrained(path, config=config, **kwargs)
+    from transformers.utils import logging as hf_logging
+
+    # the load report lists the pooler weights we skip on purpose; keep real errors only
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModel.from_pretrained(path, config=config, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _load_tokenizer(path: str, cfg: ModelConfig):

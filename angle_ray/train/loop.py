@@ -173,38 +173,46 @@ def train_loop_per_worker(config: dict) -> None:
                    seconds=time.perf_counter() - start)
 
         last = step == total_steps
-        metrics = None
-        if step % t.log_every == 0 or last:
-            metrics = {"step": step, "total_steps": total_steps, "lr": engine.lr(),
-                       "world_size": world_size, "resumed_from": start_step, **window.flush(), **{f"steps/{p['name']}": n for p, n in
-                                            zip(plan["streams"], stream_steps)}}
-        if step % t.checkpoint_every == 0 or last:
-            metrics = metrics or {"step": step, "total_steps": total_steps, "lr": engine.lr(),
-                                  "world_size": world_size, "resumed_from": start_step}
-            if dev is not None:
-                metrics["dev_metric"] = dev.run(engine, rank)
+        logging = step % t.log_every == 0 or last
+        checkpointing = step % t.checkpoint_every == 0 or last
+        evaluating = dev is not None and (checkpointing or (t.eval_every and step % t.eval_every == 0))
+        if not (logging or checkpointing or evaluating):
+            continue
+        metrics = {"step": step, "total_steps": total_steps, "lr": engine.lr(),
+                   "world_size": world_size, "resumed_from": start_step}
+        if logging:
+            metrics.update(window.flush())
+            metrics.update({f"steps/{p['name']}": n for p, n in zip(plan["streams"], stream_steps)})
+        if evaluating:
+            metrics["dev_metric"] = dev.run(engine, rank)
+        if checkpointing:
             save_and_report(engine, model, job, step, metrics, rank, last)
         else:
-            if dev is not None and t.eval_every and step % t.eval_every == 0:
-                metrics = metrics or {"step": step, "total_steps": total_steps, "lr": engine.lr(),
-                                      "world_size": world_size, "resumed_from": start_step}
-                metrics["dev_metric"] = dev.run(engine, rank)
-            if metrics is not None:
-                ray.train.report(metrics)
+            ray.train.report(metrics)
+        window.restart_clock()  # reporting, checkpoints and dev evaluation are not step time
     if start_step >= total_steps:  # a finished run re-submitted: nothing left to do
         ray.train.report({"step": step, "total_steps": total_steps, "lr": 0.0,
-                          "world_size": world_size})
+                          "world_size": world_size, "resumed_from": start_step})
 
 
 class Window:
-    """Running averages between two reports."""
+    """Running averages between two reports.
+
+    `samples_per_s` is wall-clock time of the train steps, data waiting included (what a user
+    gets); `compute_s` is the part spent in forward/backward/step. Reporting, checkpoints and
+    dev evaluation fall outside the window (`restart_clock` after them).
+    """
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         self.n, self.loss, self.parts = 0, 0.0, {}
-        self.examples, self.tokens, self.seconds = 0, 0, 0.0
+        self.examples, self.tokens, self.compute = 0, 0, 0.0
+        self.restart_clock()
+
+    def restart_clock(self):
+        self.started = time.perf_counter()
 
     def add(self, loss, parts, examples, tokens, seconds):
         self.n += 1
@@ -213,13 +221,14 @@ class Window:
             self.parts[k] = self.parts.get(k, 0.0) + v
         self.examples += examples
         self.tokens += tokens
-        self.seconds += seconds
+        self.compute += seconds
 
     def flush(self) -> dict:
         n = max(1, self.n)
+        wall = max(time.perf_counter() - self.started, 1e-9)
         out = {"loss": self.loss / n, **{f"loss/{k}": v / n for k, v in self.parts.items()},
-               "samples_per_s": self.examples / max(self.seconds, 1e-9),
-               "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
+               "seconds": wall, "compute_s": self.compute,
+               "samples_per_s": self.examples / wall, "tokens_per_s": self.tokens / wall}
         self.reset()
         return out
 

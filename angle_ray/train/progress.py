@@ -59,8 +59,10 @@ class ProgressCallback(UserCallback):
         if "step" not in m:
             return
         now = time.time()
-        if self.start is None:
-            self.start, self.start_step = now, m["step"] - 1
+        if self.start is None or m.get("resumed_from", 0) != self.start_step:
+            # first report of this worker group: measure from the step it started at
+            self.start_step = m.get("resumed_from", 0)
+            self.start = now - m.get("seconds", 0.0)
         print(progress_line(m, now - self.start, self.start_step), flush=True)
         append_csv(Path(self.run_dir) / "metrics.csv", m)
         tb = self._tb()
