@@ -23,8 +23,9 @@ Measured (sampled every `--sample-every` s; RSS peaks also from getrusage):
   Ray procs RSS  peak of the summed RSS of every Ray process this run started (raylet, GCS,
                  Ray Data task workers, the actor...); shared pages, the object store's
                  included, are counted once per process that maps them, so this over-counts;
-  object store   peak Plasma bytes in use (Ray's own store stats; private API, 'n/a' if absent)
-                 and the bytes spilled to disk.
+  object store   peak Plasma bytes in use (Ray's own store stats; private API, 'n/a' if absent),
+                 overall and split by phase (the driver's validation pass, then the training
+                 stream), and the bytes spilled to disk.
 Also timed: the driver's validation pass, the consumer's wait for its first training batch, and
 the whole consuming pass.
 
@@ -57,24 +58,36 @@ def parse_args(argv=None):
     p.add_argument("--sample-every", type=float, default=0.5, help="seconds between samples")
     p.add_argument("--config", default=str(REPO / "jobs" / "configs" / "quickstart.yaml"),
                    help="job config whose model/train settings shape the stream")
+    p.add_argument("--files", type=int, default=1,
+                   help="split each corpus into this many JSONL files (angle-ray reads one file "
+                        "per Ray Data read task)")
+    p.add_argument("--store-limit-mib", type=float, default=None,
+                   help="cap Ray Data's object store budget (DataContext resource_limits) to see "
+                        "which stages stream within a budget and which must hold the corpus")
     p.add_argument("--keep", action="store_true", help="keep the temp folder with the corpora")
     # internal: one measurement in a fresh process
     p.add_argument("--child", metavar="CORPUS", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def write_corpus(source: str, rows: int, dst: Path) -> int:
-    """`rows` lines of `source`, repeated from the top as often as needed."""
+def write_corpus(source: str, rows: int, dst: Path, files: int = 1) -> Path:
+    """`rows` lines of `source`, repeated from the top as often as needed, as one JSONL file
+    (`dst`.jsonl) or, with `files` > 1, a folder `dst` of that many JSONL parts."""
     lines = [ln if ln.endswith("\n") else ln + "\n"
              for ln in Path(source).read_text(encoding="utf-8").splitlines(True) if ln.strip()]
     if not lines:
         raise SystemExit(f"{source} has no rows")
-    with dst.open("w", encoding="utf-8") as out:
-        full, rest = divmod(rows, len(lines))
-        for _ in range(full):
-            out.writelines(lines)
-        out.writelines(lines[:rest])
-    return rows
+    corpus = [lines[i % len(lines)] for i in range(rows)]
+    if files <= 1:
+        out = dst.with_suffix(".jsonl")
+        out.write_text("".join(corpus), encoding="utf-8")
+        return out
+    dst.mkdir(parents=True, exist_ok=True)
+    per = -(-rows // files)
+    for k in range(files):
+        (dst / f"part-{k:04d}.jsonl").write_text("".join(corpus[k * per:(k + 1) * per]),
+                                                 encoding="utf-8")
+    return dst
 
 
 # ---------------------------------------------------------------- sampling
@@ -205,12 +218,18 @@ def measure(corpus: str, args) -> dict:
     ctx = ray.data.DataContext.get_current()  # as run_training sets it
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
+    if args.store_limit_mib:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=args.store_limit_mib * MiB)
     sampler.ray_procs = sampler.store = True
     after_init_rss = sampler.me.memory_info().rss
 
     t0 = time.perf_counter()
     datasets, streams, _ = driver.plan_streams(cfg)
     validate_s = time.perf_counter() - t0
+    sampler.sample()
+    store_validate = sampler.peak["store_used"]
+    sampler.peak["store_used"] = None  # from here on: the training stream
     tok = load_tokenizer(cfg.model)
     t = cfg.train
     plan_train = {"batch_size": t.batch_size, "group_size": t.group_by_length,
@@ -232,7 +251,10 @@ def measure(corpus: str, args) -> dict:
         "consumer_start_rss": got["start_rss"],
         "ray_procs_peak_rss": peak["ray_procs_rss"],
         "max_ray_proc_rss": peak["max_ray_proc_rss"],
-        "object_store_peak": peak["store_used"],
+        "object_store_peak": max(peak["store_used"] or 0, store_validate or 0)
+        if peak["store_used"] is not None or store_validate is not None else None,
+        "object_store_peak_validate": store_validate,
+        "object_store_peak_stream": peak["store_used"],
         "spilled": peak["spilled"],
         "validate_s": validate_s,
         "consume_s": consume_s,
@@ -245,6 +267,8 @@ def measure(corpus: str, args) -> dict:
 def run_child(corpus: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(corpus),
            "--sample-every", str(args.sample_every), "--config", args.config]
+    if args.store_limit_mib:
+        cmd += ["--store-limit-mib", str(args.store_limit_mib)]
     print(f"[bench] measuring {corpus.name} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -269,6 +293,8 @@ ROWS = [
     ("max Ray process RSS (MiB)", "max_ray_proc_rss"),
     ("all Ray procs RSS (MiB)*", "ray_procs_peak_rss"),
     ("object store peak (MiB)", "object_store_peak"),
+    ("  during validation pass", "object_store_peak_validate"),
+    ("  during training stream", "object_store_peak_stream"),
     ("spilled (MiB)", "spilled"),
 ]
 
@@ -301,11 +327,10 @@ def main(argv=None):
         return None
     tmp = Path(tempfile.mkdtemp(prefix="angle-ray-streammem-"))
     try:
-        small_path, large_path = tmp / f"corpus_{args.small}.jsonl", tmp / f"corpus_{args.large}.jsonl"
-        write_corpus(args.source, args.small, small_path)
-        write_corpus(args.source, args.large, large_path)
-        print(f"[bench] corpora of {args.small} and {args.large} rows (STS-B train repeated) in "
-              f"{tmp}", flush=True)
+        small_path = write_corpus(args.source, args.small, tmp / f"corpus_{args.small}", args.files)
+        large_path = write_corpus(args.source, args.large, tmp / f"corpus_{args.large}", args.files)
+        print(f"[bench] corpora of {args.small} and {args.large} rows (STS-B train repeated, "
+              f"{args.files} file(s) each) in {tmp}", flush=True)
         small = run_child(small_path, args)
         large = run_child(large_path, args)
     finally:
