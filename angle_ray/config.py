@@ -128,6 +128,8 @@ class TrainConfig(_Strict):
     offload: bool = False  # ZeRO-3 optimizer/param offload to CPU (GPU clusters)
     num_workers: int | tuple[int, int] = 1  # [min, max] = elastic
     cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = {}  # extra Ray resources per worker, e.g. {"a100": 1}
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     use_gpu: bool = False
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

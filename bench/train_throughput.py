@@ -26,7 +26,8 @@ out on both sides). Model load, Ray start-up and the validation pass are outside
   every `ray.train.report` call on rank 0 is time-stamped (a thin wrapper around the worker loop
   adds `bench/wall_s` to the metrics; the loop itself is unchanged).
 - `pairs/s compute`: the same pairs over the time spent in forward + backward + optimiser step
-  only, i.e. angle-ray's own `samples_per_s` metric (which does not count waiting for data).
+  only (angle-ray: the loop's `compute_s` metric). The gap between the two columns is time spent
+  waiting for data (and, for angle-ray, reporting).
 
 The ratios at the end: angle-ray 1 worker / angle_emb (the target is >= 1.5x on the wall
 rate) and angle-ray 2 workers / 1 worker. Timings on a shared machine are noisy: compare
@@ -197,9 +198,13 @@ def summarise_reports(csv_path: Path, args, workers: int) -> dict:
     if w not in by_step or end not in by_step:
         raise RuntimeError(f"reports at steps {sorted(by_step)}; need {w} and {end}")
     wall = float(by_step[end]["bench/wall_s"]) - float(by_step[w]["bench/wall_s"])
-    # compute-only, same steps: each report's samples_per_s covers the log_every steps before it
+    # compute-only, same steps: each report covers the log_every steps before it. The loop
+    # reports `compute_s` (forward/backward/step time); before it did, `samples_per_s` was that.
     windows = [r for s, r in by_step.items() if w < s <= end]
-    seconds = sum(args.log_every * pairs_per_step / float(r["samples_per_s"]) for r in windows)
+    if all(r.get("compute_s") for r in windows):
+        seconds = sum(float(r["compute_s"]) for r in windows)
+    else:
+        seconds = sum(args.log_every * pairs_per_step / float(r["samples_per_s"]) for r in windows)
     return {
         "steps": args.steps,
         "window_steps": end - w,

@@ -111,7 +111,7 @@ def read_corpus(ds_cfg: DatasetConfig):
                 for p in files
             ]
 
-    return ray.data.read_datasource(CorpusFiles(), ray_remote_args={"num_cpus": DATA_TASK_CPUS})
+    return ray.data.read_datasource(CorpusFiles(), num_cpus=DATA_TASK_CPUS)
 
 
 def _split_source(source: str) -> tuple[str, int]:

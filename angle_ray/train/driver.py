@@ -138,14 +138,15 @@ def build_trainer(cfg: JobConfig, datasets: dict, plan: dict):
     t = cfg.train
     run_dir = run_dir_of(cfg)
     num_workers = t.num_workers if isinstance(t.num_workers, int) else tuple(t.num_workers)
-    resources = {"CPU": t.cpus_per_worker}
+    resources = {"CPU": t.cpus_per_worker, **t.resources_per_worker}
     if t.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "plan": plan},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=t.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         datasets=datasets,
         run_config=RunConfig(

@@ -147,6 +147,8 @@ class LocalRayCluster:
     # ----- nodes ---------------------------------------------------------------------------
     def _start(self, name: str, args: list[str], timeout: float) -> RayNode:
         log = self.root / f"ray-start-{name}.log"
+        # Ray maps --node-ip-address=127.0.0.1 to this host's address (resolve_ip_for_localhost),
+        # so every node advertises the same IP; they differ by ports and temp dirs
         cmd = [RAY_CLI, "start", "--block", "--disable-usage-stats",
                f"--temp-dir={self.temp_dir / name}", "--node-ip-address=127.0.0.1",
                "--object-store-memory=200000000",

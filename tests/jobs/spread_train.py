@@ -1,15 +1,13 @@
-"""Driver of tests/jobs/test_multinode.py: `run_training` with one Ray Train worker per node.
+"""Driver of tests/jobs/test_multinode.py: wait for the cluster's nodes, then `angle-ray train`.
 
 Run in its own process, joined to the test's local multi-node cluster (RAY_ADDRESS):
 
-    python tests/jobs/spread_train.py --config job.yaml --slot node_slot --nodes 3 --result out.json
+    python tests/jobs/spread_train.py --config job.yaml --nodes 3 --result out.json
 
-It is angle-ray's own driver (angle_ray.train.driver.run_training) with one change: every
-training worker also asks for one unit of the custom resource named by `--slot`, which only
-the worker nodes offer (one unit each). So each worker lands on its own node, and when a node
-dies the elastic worker group can only come back at the size the surviving nodes allow.
-The job config has no key for extra per-worker resources, hence the wrapper around
-`build_trainer`.
+The job config pins one training worker per worker node with
+`train.resources_per_worker: {node_slot: 1}` (only worker nodes offer a `node_slot`), so when a
+node dies the elastic worker group can only come back at the size the surviving nodes allow.
+Waiting for every node first keeps the starting group at its full size.
 """
 
 from __future__ import annotations
@@ -31,29 +29,9 @@ def wait_for_nodes(count: int, timeout: float) -> None:
     raise RuntimeError(f"fewer than {count} live nodes after {timeout} s: {ray.nodes()}")
 
 
-def one_worker_per_slot(build_trainer, slot: str):
-    """Wrap build_trainer: same trainer, each worker also needs 1 `slot` resource."""
-
-    def build(cfg, datasets, plan):
-        from ray.train import ScalingConfig
-        from ray.train.torch import TorchTrainer
-
-        base = build_trainer(cfg, datasets, plan)
-        sc = base.scaling_config
-        scaling = ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-                                resources_per_worker={**sc.resources_per_worker, slot: 1})
-        return TorchTrainer(base.train_loop_per_worker, train_loop_config=base.train_loop_config,
-                            torch_config=base.backend_config, scaling_config=scaling,
-                            run_config=base.run_config, datasets=base.datasets,
-                            dataset_config=base.data_config)
-
-    return build
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
-    parser.add_argument("--slot", required=True)
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--result", required=True)
     args = parser.parse_args(argv)
@@ -64,7 +42,6 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.config)
     driver.init_ray()  # RAY_ADDRESS: the test's cluster
     wait_for_nodes(args.nodes, timeout=120)
-    driver.build_trainer = one_worker_per_slot(driver.build_trainer, args.slot)
     run = driver.run_training(cfg)
     with open(args.result, "w") as f:
         json.dump({"run_dir": str(run.run_dir), "model_dir": str(run.model_dir),

@@ -2,8 +2,8 @@
 
 The cluster is three `ray start` nodes on this machine (tests/jobs/local_ray_cluster.py): a
 head (1 CPU, runs the driver, the Train controller and Ray Data's coordinator) and two worker
-nodes (1 CPU each, one `node_slot` each). The driver (tests/jobs/spread_train.py) is
-angle-ray's `run_training` with each training worker also asking for a `node_slot`, so the
+nodes (1 CPU each, one `node_slot` each). The job pins each training worker to a node with
+`train.resources_per_worker: {node_slot: 1}` (driver: tests/jobs/spread_train.py), so the
 elastic group [1, 2] runs one worker per worker node. After the first checkpoint is committed
 the test SIGKILLs one worker node's raylet (the node dies with its processes, as a crashed
 machine does); the group must come back on the surviving node from the checkpoint (shared
@@ -22,7 +22,8 @@ from local_ray_cluster import LocalRayCluster, read_csv_rows
 
 from angle_ray.models.backbone import load_embedding_model
 
-pytestmark = pytest.mark.slow
+# slow: minutes; the timeout is a backstop (each wait below has its own bound)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 HERE = Path(__file__).resolve().parent
 SLOT = "node_slot"
@@ -52,7 +53,7 @@ def driver(cluster, tmp_path):
         with log.open("w") as out:
             proc = subprocess.Popen(
                 [sys.executable, str(HERE / "spread_train.py"), "--config", str(job_yaml),
-                 "--slot", SLOT, "--nodes", "3", "--result", str(result)],
+                 "--nodes", "3", "--result", str(result)],
                 stdout=out, stderr=subprocess.STDOUT, env=cluster.driver_env(), cwd=tmp_path,
                 start_new_session=True)
         procs.append(proc)
@@ -78,6 +79,7 @@ def _job(tmp_path, tiny_llm_dir, data_dir) -> Path:
                   "batch_size": 8, "max_steps": MAX_STEPS, "lr": 1e-3,
                   "log_every": LOG_EVERY, "checkpoint_every": CHECKPOINT_EVERY,
                   "num_workers": [1, 2], "cpus_per_worker": 0.5, "max_failures": 3,
+                  "resources_per_worker": {SLOT: 1},
                   "strategy": "deepspeed", "shuffle_buffer": 64, "torch_threads": 1},
         "export": {"sentence_transformers": False},
     }

@@ -127,7 +127,8 @@ def scifact_small(data_dir, tmp_path_factory) -> str:
     qrels = [line.split("\t") for line in (src / "qrels" / "train.tsv").read_text().splitlines()[1:]]
     qids = list(dict.fromkeys(q for q, _, _ in qrels))[:40]
     keep = [(q, d, s) for q, d, s in qrels if q in qids]
-    docs = [json.loads(x) for x in gzip.open(src / "corpus.jsonl.gz", "rt")]
+    with gzip.open(src / "corpus.jsonl.gz", "rt") as f:
+        docs = [json.loads(x) for x in f]
     wanted = {d for _, d, _ in keep}
     chosen = [d for d in docs if d["id"] in wanted] + [d for d in docs if d["id"] not in wanted][:160]
     out = tmp_path_factory.mktemp("scifact-small")
