@@ -36,7 +36,7 @@ def ray_local():
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+        ray.init(num_cpus=2, log_to_driver=True,
                  runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
                                            "TOKENIZERS_PARALLELISM": "false"}})
     ctx = ray.data.DataContext.get_current()

@@ -43,7 +43,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        # the dashboard (on 127.0.0.1) also serves the state API Ray Train's cleanup polls
+        ray.init(num_cpus=num_cpus, log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
 
