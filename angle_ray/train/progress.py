@@ -46,6 +46,7 @@ class ProgressCallback(UserCallback):
         self.start = None
         self.start_step = 0
         self.writer = None
+        self.csv = MetricsCsv(Path(run_dir) / "metrics.csv")
 
     def _tb(self):
         if self.writer is None:
@@ -64,7 +65,7 @@ class ProgressCallback(UserCallback):
             self.start_step = m.get("resumed_from", 0)
             self.start = now - m.get("seconds", 0.0)
         print(progress_line(m, now - self.start, self.start_step), flush=True)
-        append_csv(Path(self.run_dir) / "metrics.csv", m)
+        self.csv.add(m)
         tb = self._tb()
         for k, v in m.items():
             if isinstance(v, (int, float)) and k != "step" and not math.isnan(v):
@@ -72,21 +73,36 @@ class ProgressCallback(UserCallback):
         tb.flush()
 
 
-def append_csv(path: Path, row: dict) -> None:
-    """Append a row; the header grows when a later row has new keys (e.g. dev_metric)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    if path.exists():
-        with path.open() as f:
-            rows = list(csv.DictReader(f))
-    rows.append({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
-    keys: list[str] = []
-    for r in rows:
-        keys.extend(k for k in r if k not in keys)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+class MetricsCsv:
+    """metrics.csv: appends a row per report; rewrites the file only when a row brings a new
+    column (e.g. dev_metric). Rows of an earlier run of the same name are read once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] | None = None
+        self.keys: list[str] = []
+
+    def add(self, row: dict) -> None:
+        if self.rows is None:
+            self.rows = []
+            if self.path.exists():
+                with self.path.open() as f:
+                    self.rows = list(csv.DictReader(f))
+            for r in self.rows:
+                self.keys.extend(k for k in r if k not in self.keys)
+        row = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
+        self.rows.append(row)
+        new_keys = [k for k in row if k not in self.keys]
+        self.keys.extend(new_keys)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if new_keys or not self.path.exists():
+            with self.path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.keys)
+                w.writeheader()
+                w.writerows(self.rows)
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.keys).writerow(row)
 
 
 def plot_curves(run_dir: str | Path) -> Path | None:
