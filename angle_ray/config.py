@@ -171,6 +171,88 @@ class ExportConfig(_Strict):
     sentence_transformers: bool = True
 
 
+# --- mining (ANCE hard negatives)
+# Typed `mining:` section: where queries and documents come from, how negatives are picked,
+# and (for ANCE) how often the refresher re-mines them while training runs.
+#
+# The same section drives `angle-ray mine` (static negatives to a file) and a training job's
+# dynamic refresh (`refresh_every` / `refresh_on_checkpoint` set).
+#
+#     mining:
+#       beir: "{data_dir}/scifact"     # corpus.jsonl(.gz), queries.jsonl, qrels/<split>.tsv
+#       k: 4                           # negatives per query
+#       window: [3, 50]                # candidate ranks (1-based, inclusive) negatives come from
+#       fn_rel_margin: 0.95            # drop candidates scoring > 0.95 x the positive's score
+#       warm_start: bm25               # first version before any checkpoint: bm25 | none | <model>
+#       refresh_every: 40              # steps between dynamic refreshes (None = static only)
+
+
+class PoolConfig(_Strict):
+    """The encoder actor pool (Ray Data `ActorPoolStrategy(min_actors, max_actors)`)."""
+
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)  # fractional on small nodes: training holds the rest
+    gpus_per_actor: float = Field(0.0, ge=0)  # e.g. 1 (or 0.5 to share) on GPU clusters
+    batch_size: int = Field(64, ge=1)  # texts per encode call
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolConfig:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"pool.min_actors={self.min_actors} > pool.max_actors={self.max_actors}")
+        return self
+
+
+class MiningConfig(_Strict):
+    # --- what to mine for: a BEIR folder, judged queries minus the held-out dev queries
+    beir: str
+    split: str = "train"  # qrels/<split>.tsv gives the positives
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)  # dev queries never mined/trained (0 = none)
+    holdout_seed: int = 0  # with holdout_fraction: the same split as eval.retrieval_dev
+    query_prompt: str | None = None  # must contain {text}
+    doc_prompt: str | None = None
+    max_length: int | None = Field(None, ge=1)  # tokens per text when encoding; None = model's
+    # --- which candidates become negatives
+    k: int = Field(4, ge=1)  # negatives per (query, positive) row
+    window: tuple[int, int] = (1, 100)  # ranks (1-based, inclusive) negatives are drawn from
+    pick: Literal["top", "random"] = "random"
+    fn_rel_margin: float | None = Field(0.95, gt=0)  # drop score > margin x positive's score
+    fn_abs: float | None = None  # drop score > this (cosine for models, raw score for BM25)
+    seed: int = 0
+    # --- the index
+    index: Literal["auto", "flat", "ivf", "hnsw"] = "auto"  # auto: flat below 200k docs, else ivf
+    ivf_nlist: int | None = Field(None, ge=1)  # None: 4 * sqrt(docs)
+    ivf_nprobe: int = Field(16, ge=1)
+    hnsw_m: int = Field(32, ge=2)
+    shards: int = Field(1, ge=1)  # split the index into this many shards (faiss.IndexShards)
+    faiss_gpu: bool = True  # use GPU FAISS when the refresher's node has one
+    # --- static start and dynamic refresh (ANCE)
+    warm_start: str = "bm25"  # bm25 | none | a model folder: negatives published before step 0
+    refresh_every: int | None = Field(None, ge=1)  # steps between refreshes; None = no refresh
+    refresh_on_checkpoint: bool = False  # refresh on every reported checkpoint instead
+    max_staleness: int | None = Field(None, ge=1)  # steps; training waits only past this bound
+    wait_timeout_s: float = Field(1800, gt=0)  # how long a staleness wait may last
+    poll_every: int = Field(5, ge=1)  # steps between looks for a newer version
+    keep_versions: int = Field(3, ge=2)  # published versions kept on disk
+    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    pool: PoolConfig = PoolConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> MiningConfig:
+        lo, hi = self.window
+        if not 1 <= lo <= hi:
+            raise ValueError(f"window {list(self.window)} must be [lo, hi] with 1 <= lo <= hi")
+        for name in ("query_prompt", "doc_prompt"):
+            value = getattr(self, name)
+            if value is not None and "{text}" not in value:
+                raise ValueError(f"{name} {value!r} has no '{{text}}' slot")
+        return self
+
+    @property
+    def dynamic(self) -> bool:
+        return self.refresh_every is not None or self.refresh_on_checkpoint
+
+
 class JobConfig(_Strict):
     model: ModelConfig = ModelConfig()
     data: list[DatasetConfig] = []
@@ -178,8 +260,7 @@ class JobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
-    # sections owned by later capabilities are validated by their own modules
-    mining: dict[str, Any] | None = None
+    mining: MiningConfig | None = None  # hard negatives: static warm start, ANCE refresh
 
 
 def _parse_scalar(text: str) -> Any:

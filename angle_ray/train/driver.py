@@ -129,7 +129,7 @@ def load_dev(cfg: JobConfig) -> dict | None:
             "text2": [r["text2"] for r in rows], "gold": [r["label"] for r in rows]}
 
 
-def build_trainer(cfg: JobConfig, datasets: dict, plan: dict):
+def build_trainer(cfg: JobConfig, datasets: dict, plan: dict, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -158,13 +158,16 @@ def build_trainer(cfg: JobConfig, datasets: dict, plan: dict):
                 num_to_keep=t.keep_checkpoints,
                 checkpoint_score_attribute="dev_metric" if plan.get("dev") else None,
                 checkpoint_score_order="max"),
-            callbacks=[ProgressCallback(str(run_dir))],
+            callbacks=[ProgressCallback(str(run_dir)), *(callbacks or [])],
         ),
     )
 
 
-def run_training(cfg: JobConfig, address: str | None = None) -> TrainRun:
-    """Fit the job and write the model folder(s); returns where everything landed."""
+def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | None = None) -> TrainRun:
+    """Fit the job and write the model folder(s); returns where everything landed.
+
+    `callbacks`: extra Ray Train callbacks (a Tune sweep passes its `TuneReportCallback`).
+    """
     import ray.data
 
     from angle_ray.models.backbone import load_tokenizer
@@ -193,7 +196,7 @@ def run_training(cfg: JobConfig, address: str | None = None) -> TrainRun:
     }
     print(f"[angle-ray] {total_steps} steps, batch {cfg.train.batch_size} x "
           f"{cfg.train.num_workers} worker(s); run folder {run_dir}", flush=True)
-    result = build_trainer(cfg, datasets, plan).fit()
+    result = build_trainer(cfg, datasets, plan, callbacks).fit()
     if result.error:
         raise result.error
     plot_curves(run_dir)
