@@ -52,3 +52,31 @@ def minilm_small():
     from angle_ray.models.backbone import build_model
 
     return build_model(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def mini_scifact(data_dir, tmp_path_factory) -> Path:
+    """A real SciFact slice in BEIR layout: 60 judged training queries, their positive
+    documents and 240 other documents (small enough to re-encode in seconds)."""
+    import gzip
+    import json
+
+    src = data_dir / "scifact"
+    qrels = [line.rstrip("\n").split("\t") for line in (src / "qrels" / "train.tsv").open()]
+    header, qrels = qrels[0], qrels[1:]
+    keep_q = sorted({q for q, _, _ in qrels})[:60]
+    qrels = [r for r in qrels if r[0] in keep_q]
+    positives = {d for _, d, _ in qrels}
+    docs = [json.loads(line) for line in gzip.open(src / "corpus.jsonl.gz", "rt")]
+    others = [d for d in docs if str(d.get("_id", d.get("id"))) not in positives][:240]
+    chosen = [d for d in docs if str(d.get("_id", d.get("id"))) in positives] + others
+    out = tmp_path_factory.mktemp("mini-scifact")
+    (out / "qrels").mkdir()
+    with (out / "corpus.jsonl").open("w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in chosen)
+    queries = [json.loads(line) for line in (src / "queries.jsonl").open()]
+    with (out / "queries.jsonl").open("w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in queries if str(q.get("_id", q.get("id"))) in keep_q)
+    with (out / "qrels" / "train.tsv").open("w") as f:
+        f.writelines("\t".join(r) + "\n" for r in [header, *qrels])
+    return out

@@ -59,7 +59,10 @@ def with_expanded_paths(cfg: JobConfig) -> JobConfig:
     if ev.retrieval_dev is not None:
         ev = ev.model_copy(update={"retrieval_dev": ev.retrieval_dev.model_copy(
             update={"path": expand_path(ev.retrieval_dev.path)})})
-    return cfg.model_copy(update={"data": data, "eval": ev})
+    mining = cfg.mining
+    if mining is not None:
+        mining = mining.model_copy(update={"beir": expand_path(mining.beir)})
+    return cfg.model_copy(update={"data": data, "eval": ev, "mining": mining})
 
 
 def run_dir_of(cfg: JobConfig) -> Path:
@@ -170,6 +173,8 @@ def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | N
     """
     import ray.data
 
+    from angle_ray.mining.refresher import start_refresher
+    from angle_ray.mining.training_setup import prepare_mining, stop_refresher
     from angle_ray.models.backbone import load_tokenizer
     from angle_ray.train.progress import plot_curves
 
@@ -182,6 +187,7 @@ def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | N
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
+    cfg, negatives = prepare_mining(cfg, run_dir)  # no-op without a `mining:` section
     datasets, streams, total_steps = plan_streams(cfg)
     tok = load_tokenizer(cfg.model)
     plan = {
@@ -193,10 +199,18 @@ def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | N
         "train": {"batch_size": cfg.train.batch_size, "group_size": cfg.train.group_by_length,
                   "shuffle_buffer": cfg.train.shuffle_buffer,
                   "torch_threads": cfg.train.torch_threads},
+        "negatives": negatives,
     }
     print(f"[angle-ray] {total_steps} steps, batch {cfg.train.batch_size} x "
           f"{cfg.train.num_workers} worker(s); run folder {run_dir}", flush=True)
-    result = build_trainer(cfg, datasets, plan, callbacks).fit()
+    refresher = None
+    if cfg.mining is not None and cfg.mining.dynamic:
+        refresher = start_refresher(cfg, run_dir, Path(negatives["dir"]))
+    try:
+        result = build_trainer(cfg, datasets, plan, callbacks).fit()
+    finally:
+        if refresher is not None:
+            stop_refresher(*refresher, run_dir)
     if result.error:
         raise result.error
     plot_curves(run_dir)

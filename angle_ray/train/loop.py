@@ -147,21 +147,30 @@ def train_loop_per_worker(config: dict) -> None:
         streams.next(pick_stream(t.seed, skipped, weights))
 
     dev = DevEvaluator(job, plan) if plan.get("dev") else None
+    feed = _negatives_feed(plan, job)
     window = Window()
     stream_steps = [0] * len(weights)
     while step < total_steps:
         i = pick_stream(t.seed, step, weights)
         s = plan["streams"][i]
         raw = streams.next(i)
-        batch = pad_roles(raw, s["roles"], plan["pad_id"], plan["left_pad"])
+        fmt, role_names = s["fmt"], s["roles"]
+        if feed is not None:
+            feed.poll(step)
+            feed.wait_if_stale(step)
+            if i == plan["negatives"]["stream"]:
+                raw = feed.attach(raw)
+                if "negative_0_ids" in raw:
+                    fmt, role_names = "C", [*role_names, *(f"negative_{j}" for j in range(feed.m["k"]))]
+        batch = pad_roles(raw, role_names, plan["pad_id"], plan["left_pad"])
         start = time.perf_counter()
         emb = engine.forward(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        per_role, ids = split_roles(emb.float(), batch["hashes"].to(device), s["roles"])
+        per_role, ids = split_roles(emb.float(), batch["hashes"].to(device), role_names)
         labels = batch.get("labels")
         if labels is not None:
             labels = gather_cat(labels.to(device))
-        emb_in, ids_in = to_loss_inputs(s["fmt"], per_role, ids)
-        loss, parts = losses[i](emb_in, s["fmt"], labels=labels, ids=ids_in)
+        emb_in, ids_in = to_loss_inputs(fmt, per_role, ids)
+        loss, parts = losses[i](emb_in, fmt, labels=labels, ids=ids_in)
         # each rank holds the global loss; the all-reduce averages, so scale back to a sum
         engine.backward(loss * world_size)
         engine.step()
@@ -183,6 +192,8 @@ def train_loop_per_worker(config: dict) -> None:
         if logging:
             metrics.update(window.flush())
             metrics.update({f"steps/{p['name']}": n for p, n in zip(plan["streams"], stream_steps)})
+            if feed is not None:
+                metrics.update(feed.metrics(step))
         if evaluating:
             metrics["dev_metric"] = dev.run(engine, rank)
         if checkpointing:
@@ -193,6 +204,20 @@ def train_loop_per_worker(config: dict) -> None:
     if start_step >= total_steps:  # a finished run re-submitted: nothing left to do
         ray.train.report({"step": step, "total_steps": total_steps, "lr": 0.0,
                           "world_size": world_size, "resumed_from": start_step})
+
+
+def _negatives_feed(plan: dict, job: JobConfig):
+    """The published hard negatives (ANCE) for the mined stream, when the job mines."""
+    if not plan.get("negatives"):
+        return None
+    from angle_ray.models.backbone import load_tokenizer
+    from angle_ray.train.negatives_feed import NegativesFeed
+
+    n = plan["negatives"]
+    feed = NegativesFeed(n["dir"], job.mining.model_dump(), load_tokenizer(job.model),
+                         job.model.max_length)
+    feed.prime()
+    return feed
 
 
 class Window:

@@ -1,0 +1,100 @@
+"""Encode a corpus with an elastic pool of encoder actors (Ray Data `ActorPoolStrategy`).
+
+    emb = encode_with_pool(model_dir, texts, job.model, mining.pool, max_length=256)
+
+Each actor loads the model once and embeds batches of texts; Ray Data starts `min_actors`,
+grows the pool up to `max_actors` while there is work and free CPUs/GPUs, and shrinks it when
+they go. An actor that dies mid-refresh is restarted by Ray Data and its unfinished batches
+are retried (Ray Data gives pool actors `max_restarts=-1`, `max_task_retries=-1`), so a refresh
+survives a lost actor or node. Embeddings come back L2-normalised, in input order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from angle_ray.config import ModelConfig, PoolConfig
+
+ANGLE_RAY_FILE = "angle_ray.json"
+
+
+def load_encoder(model_ref: str, model_cfg: ModelConfig, max_length: int | None = None):
+    """An angle-ray model folder (a checkpoint's `model/`) as saved, or any HF model by path / id
+    with the job's pooling."""
+    from angle_ray.models.backbone import build_model, load_embedding_model
+
+    if (Path(model_ref) / ANGLE_RAY_FILE).is_file():
+        model = load_embedding_model(model_ref)
+    else:
+        model = build_model(model_cfg.model_copy(update={"name_or_path": model_ref}))
+    if max_length:
+        model.cfg = model.cfg.model_copy(update={"max_length": max_length})
+    return model.eval()
+
+
+class TextEncoder:
+    """One pool actor: loads the model once, embeds a batch of texts per call."""
+
+    def __init__(self, model_ref: str, model_cfg_json: str, max_length: int | None, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        cfg = ModelConfig.model_validate_json(model_cfg_json)
+        self.model = load_encoder(model_ref, cfg, max_length)
+        if torch.cuda.is_available():
+            self.model = self.model.cuda()
+
+    def __call__(self, batch: dict) -> dict:
+        from angle_ray.models.embedder import encode
+
+        emb = encode(self.model, list(batch["text"]), batch_size=len(batch["text"]), normalize=True,
+                     dtype=self.model.cfg.dtype, show_progress=False)
+        return {"i": batch["i"], "emb": emb}
+
+
+@dataclass
+class PoolRun:
+    embeddings: np.ndarray  # [N, H] float32, L2-normalised, input order
+    seconds: float
+    texts_per_s: float
+
+
+def encode_with_pool(model_ref: str, texts: list[str], model_cfg: ModelConfig, pool: PoolConfig,
+                     max_length: int | None = None, desc: str = "encode") -> PoolRun:
+    """Embed `texts` on an actor pool of `pool.min_actors`..`pool.max_actors` encoders."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    start = time.perf_counter()
+    n = len(texts)
+    # several blocks per actor so the pool has work to spread and to retry in small pieces
+    blocks = max(1, min(math.ceil(n / pool.batch_size), 4 * pool.max_actors))
+    table = pa.table({"i": np.arange(n, dtype=np.int64), "text": pa.array(texts, pa.string())})
+    ds = ray.data.from_arrow(table).repartition(blocks)
+    threads = max(1, int(pool.cpus_per_actor))
+    encoded = ds.map_batches(
+        TextEncoder,
+        fn_constructor_kwargs={"model_ref": model_ref, "model_cfg_json": model_cfg.model_dump_json(),
+                               "max_length": max_length, "threads": threads},
+        batch_size=pool.batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        num_cpus=pool.cpus_per_actor,
+        **({"num_gpus": pool.gpus_per_actor} if pool.gpus_per_actor else {}))
+    out: np.ndarray | None = None
+    seen = 0
+    for batch in encoded.iter_batches(batch_format="numpy", batch_size=None):
+        if out is None:
+            out = np.zeros((n, batch["emb"].shape[1]), dtype=np.float32)
+        out[batch["i"]] = batch["emb"]
+        seen += len(batch["i"])
+    if seen != n:  # Ray Data retries lost batches; a gap here would be a silent bad index
+        raise RuntimeError(f"{desc}: the encoder pool returned {seen} of {n} embeddings")
+    seconds = time.perf_counter() - start
+    return PoolRun(embeddings=out if out is not None else np.zeros((0, 0), np.float32),
+                   seconds=seconds, texts_per_s=n / max(seconds, 1e-9))
