@@ -3,6 +3,7 @@
     angle-ray train  --config jobs/configs/quickstart.yaml train.epochs=1
     angle-ray eval   --model all-MiniLM-L6-v2 --tasks stsb,sickr
     angle-ray export --model runs/quickstart/model --output exported/
+    angle-ray mine   --config JOB.yaml --output negatives.jsonl [--model PATH]
 """
 
 from __future__ import annotations
@@ -107,6 +108,32 @@ def _eval_quietly(model_path: str, cfg, tasks: str) -> dict[str, float]:
     return {t: headline(t, m) for t, m in results["tasks"].items()}
 
 
+def cmd_mine(args: argparse.Namespace) -> int:
+    """Static hard negatives from the job's `mining:` section (BM25 or a model) to one file."""
+    from angle_ray.config import ConfigError, load_config
+    from angle_ray.data.errors import DataError
+    from angle_ray.mining.static import mine_static, output_format, summary, write_negatives
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if cfg.mining is None:
+        print(f"error: {args.config} has no `mining:` section; add one (e.g. mining: {{beir: "
+              f"\"{{data_dir}}/scifact\"}}), see README 'Mining hard negatives (static)'", file=sys.stderr)
+        return 2
+    try:
+        rows, manifest = mine_static(cfg.mining, model=args.model, batch_size=args.batch_size,
+                                     dtype=args.dtype)
+    except (FileNotFoundError, DataError, ValueError) as err:
+        print(f"error: {args.config}: mining: {err}", file=sys.stderr)
+        return 2
+    out = write_negatives(rows, args.output, output_format(args.output, cfg.mining.output_format))
+    print(summary(manifest, len(rows), out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="angle-ray", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--no-sentence-transformers", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("mine", help="mine static hard negatives (BM25 or a model) to a Format C file")
+    p.add_argument("--config", required=True, help="job YAML with a `mining:` section")
+    p.add_argument("--output", required=True, help="negatives.jsonl or negatives.parquet")
+    p.add_argument("--model", default=None,
+                   help="mine with this model (angle-ray / HF folder, hub id, all-MiniLM-L6-v2) "
+                        "instead of mining.warm_start")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("overrides", nargs="*", help="key.sub=value config overrides, e.g. mining.k=8")
+    p.set_defaults(func=cmd_mine)
     return parser
 
 

@@ -41,7 +41,8 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_rows(path: Path, rows: list[dict], fmt: str) -> None:
+def write_rows(path: Path, rows: list[dict], fmt: str) -> None:
+    """Rows as JSON lines or one Parquet table (list columns stay lists)."""
     if fmt == "jsonl":
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
@@ -75,7 +76,7 @@ def publish_version(neg_dir, step: int, rows: list[dict], manifest: dict, fmt: s
                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         manifest_text = json.dumps(full_manifest, indent=2, sort_keys=True)  # fails before any data
         data_path = tmp / DATA_FILES[fmt]
-        _write_rows(data_path, rows, fmt)
+        write_rows(data_path, rows, fmt)
         (tmp / MANIFEST).write_text(manifest_text + "\n", encoding="utf-8")
         for path in (data_path, tmp / MANIFEST, tmp):
             _fsync_path(path)
