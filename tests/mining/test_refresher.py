@@ -1,0 +1,107 @@
+"""The refresher's fault tolerance, with real Ray Data actor pools, real MiniLM and SciFact."""
+
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from angle_ray.config import ModelConfig, PoolConfig, config_from_dict
+from angle_ray.mining.encoder_pool import encode_with_pool, load_encoder
+from angle_ray.mining.publish import list_versions
+from angle_ray.mining.refresher import Refresher, due
+from angle_ray.mining.task import load_mining_task
+from angle_ray.mining.training_setup import warm_start
+from angle_ray.models.embedder import encode
+
+
+def _alive_encoders():
+    import ray
+    from ray.util.state import list_actors
+
+    # this session's cluster (other local Ray instances may exist on the machine)
+    address = ray.get_runtime_context().gcs_address
+    return [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+            if "TextEncoder" in a.class_name]
+
+
+def test_a_killed_encoder_actor_is_replaced_and_the_refresh_completes(ray_local, data_dir):
+    docs = [json.loads(line) for line in gzip.open(data_dir / "scifact" / "corpus.jsonl.gz", "rt")]
+    texts = [f"{d['title']} {d['text']}" for d in docs[:800]]
+    pool = PoolConfig(min_actors=1, max_actors=1, cpus_per_actor=0.5, batch_size=16)
+    result, errors = {}, []
+
+    def refresh():
+        try:
+            result["run"] = encode_with_pool("all-MiniLM-L6-v2", texts, ModelConfig(), pool,
+                                             max_length=96)
+        except Exception as err:  # surfaced by the assertion below
+            errors.append(err)
+
+    worker = threading.Thread(target=refresh)
+    worker.start()
+    deadline = time.time() + 120
+    while not _alive_encoders() and time.time() < deadline:
+        time.sleep(0.5)
+    victim = _alive_encoders()[0]
+    time.sleep(6)  # model loaded, batches under way
+    assert worker.is_alive(), "the encode finished before the fault could be injected"
+    os.kill(victim.pid, signal.SIGKILL)
+    worker.join(timeout=600)
+    assert not errors, errors
+    emb = result["run"].embeddings
+    assert emb.shape == (800, 384)
+    # every row came back once and right: the retried batches match an in-process encode
+    expected = encode(load_encoder("all-MiniLM-L6-v2", ModelConfig(), 96), texts, normalize=True,
+                      show_progress=False)
+    np.testing.assert_allclose(emb, expected, atol=1e-5)
+    assert victim.actor_id not in {a.actor_id for a in _alive_encoders()}
+
+
+def _refresher(tmp_path: Path, beir: Path) -> tuple[Refresher, Path]:
+    job = config_from_dict({
+        "model": {"max_length": 48},
+        "mining": {"beir": str(beir), "k": 2, "window": [2, 20], "max_length": 48,
+                   "refresh_every": 4, "pool": {"min_actors": 1, "max_actors": 1,
+                                                "cpus_per_actor": 0.5, "batch_size": 64}},
+    })
+    neg_dir = tmp_path / "negatives"
+    warm_start(job, load_mining_task(job.mining), neg_dir)  # v0 from BM25
+    return Refresher(job.model_dump_json(), str(tmp_path), str(neg_dir)), neg_dir
+
+
+def test_a_failed_refresh_keeps_the_previous_version_and_publishes_nothing_partial(
+        ray_local, tmp_path, mini_scifact, minilm_small):
+    refresher, neg_dir = _refresher(tmp_path, mini_scifact)
+    assert [s for s, _ in list_versions(neg_dir)] == [0]
+    good = tmp_path / "checkpoint_good"
+    minilm_small.save(good / "model")
+    broken = tmp_path / "checkpoint_broken"
+    minilm_small.save(broken / "model")
+    weights = broken / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1000])  # a torn checkpoint file
+
+    refresher.refresh(8, broken)
+    assert [f["step"] for f in refresher.failures] == [8]
+    assert [s for s, _ in list_versions(neg_dir)] == [0]  # the old version stays in use
+    leftovers = [p.name for p in neg_dir.iterdir() if p.name not in ("v0", ".work")]
+    assert leftovers == []  # no v8, no .tmp-* folder
+    assert not any((neg_dir / ".work").iterdir())
+
+    refresher.refresh(12, good)  # the next checkpoint refreshes as usual
+    assert [s for s, _ in list_versions(neg_dir)] == [0, 12]
+    # a restarted refresher carries on from what is on disk
+    again = Refresher(refresher.job.model_dump_json(), str(tmp_path), str(neg_dir))
+    assert again.last_step == 12
+
+
+def test_refresh_cadence():
+    job = config_from_dict({"mining": {"beir": "x", "refresh_every": 40}})
+    assert not due(30, 0, job.mining) and due(40, 0, job.mining) and not due(40, 40, job.mining)
+    assert due(40, -1, job.mining)  # no warm start: the first refresh after refresh_every steps
+    every = config_from_dict({"mining": {"beir": "x", "refresh_on_checkpoint": True}})
+    assert due(1, 0, every.mining) and not due(5, 5, every.mining)
