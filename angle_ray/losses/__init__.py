@@ -36,8 +36,8 @@ def build_loss(loss_cfg: Any) -> nn.Module:
     """``AnglELoss.from_config(loss_cfg)``, wrapped in ``MatryoshkaLoss`` when
     ``loss_cfg.matryoshka_dims`` is non-empty (weights from ``loss_cfg.matryoshka_weights``).
 
-    The margin ranking term (``margin_w``, ``margin``) needs ranked context lists, a different
-    batch layout, so it is not part of this module; build ``MarginRankingLoss`` beside it.
+    The margin ranking term (``margin_w``, ``margin``) is part of Format C (the positive ranked
+    above each negative); for longer ranked context lists build ``MarginRankingLoss`` directly.
     """
     loss: nn.Module = AnglELoss.from_config(loss_cfg)
     dims = list(getattr(loss_cfg, "matryoshka_dims", None) or [])

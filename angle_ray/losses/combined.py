@@ -10,6 +10,7 @@ Formula per data format (AnglE, Li & Li 2023, arXiv:2309.12871; conventions of `
     C  (query, positive, k negatives):
         (ibn_w * CLN(q, p) + cln_w * CLN(q, p, n)) / 2
         + angle_w * Angle(pairs) + cosine_w * CoSENT(pairs)
+        + margin_w * MarginRanking(q; p ranked above every n_k, by ``margin``)
         where pairs = (q_i, p_i) labelled 1 and (q_i, n_ik) labelled 0, for all k negatives.
 
 Format B has no labelled negatives, so CoSENT and angle (which rank labelled pairs) have nothing
@@ -23,7 +24,7 @@ k = 1). ``labels`` ``[N]`` (Format A only). ``ids`` uses the same keys (``[N]`` 
 content hashes) and reaches the IBN / CLN terms for duplicate masking.
 
 Returns ``(total, components)``; ``components`` holds the detached, unweighted value of each
-term that was computed (keys ``cosine``, ``ibn``, ``cln``, ``angle``; in B and C ``ibn`` is
+term that was computed (keys ``cosine``, ``ibn``, ``cln``, ``angle``, ``margin``; in B and C ``ibn`` is
 ``CLN(q, p)`` without explicit negatives, the term weighted by ``ibn_w``).
 
 Example::
@@ -44,6 +45,7 @@ from angle_ray.losses.angle import AngleLoss
 from angle_ray.losses.cln import ContrastiveWithNegativesLoss
 from angle_ray.losses.cosine import CosineLoss
 from angle_ray.losses.ibn import InBatchNegativesLoss
+from angle_ray.losses.margin_ranking import MarginRankingLoss
 
 FORMAT_KEYS = {
     "A": ("text1", "text2"),
@@ -65,6 +67,8 @@ class AnglELoss(nn.Module):
         ibn_tau: float = 20.0,
         angle_tau: float = 20.0,
         ibn_threshold: float = 0.5,
+        margin_w: float = 0.0,
+        margin: float = 0.1,
     ) -> None:
         super().__init__()
         self.cosine_w = cosine_w
@@ -75,13 +79,15 @@ class AnglELoss(nn.Module):
         self.angle = AngleLoss(tau=angle_tau)
         self.ibn = InBatchNegativesLoss(tau=ibn_tau, threshold=ibn_threshold)
         self.cln = ContrastiveWithNegativesLoss(tau=ibn_tau)
+        self.margin_w = margin_w
+        self.margin_rank = MarginRankingLoss(margin=margin)
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> AnglELoss:
         """Build from any object with the constructor's attribute names (e.g. ``LossConfig``)."""
         names = (
             "cosine_w", "ibn_w", "cln_w", "angle_w",
-            "cosine_tau", "ibn_tau", "angle_tau", "ibn_threshold",
+            "cosine_tau", "ibn_tau", "angle_tau", "ibn_threshold", "margin_w", "margin",
         )  # fmt: skip
         return cls(**{name: getattr(loss_cfg, name) for name in names})
 
@@ -166,4 +172,20 @@ class AnglELoss(nn.Module):
                 terms["angle"] = (self.angle_w, self.angle(u, v, pair_labels))
             if self.cosine_w:
                 terms["cosine"] = (self.cosine_w, self.cosine(u, v, pair_labels))
+        if self.margin_w:
+            terms["margin"] = (self.margin_w, self._margin_term(q, p, n, p_ids, n_ids))
         return terms
+
+    def _margin_term(self, q: Tensor, p: Tensor, n: Tensor, p_ids: Tensor | None,
+                     n_ids: Tensor | None) -> Tensor:
+        """The positive (rank 0) above each negative (rank 1); a negative that is a copy of the
+        positive (same id) makes no pair."""
+        contexts = torch.cat([p[:, None, :], n], dim=1)  # [N, 1 + k, d]
+        ranks = torch.ones(contexts.shape[:2], dtype=torch.long, device=q.device)
+        ranks[:, 0] = 0
+        mask = None
+        if p_ids is not None and n_ids is not None:
+            n_ids = n_ids.reshape(n.shape[0], -1).to(q.device)
+            mask = torch.cat([torch.ones_like(n_ids[:, :1], dtype=torch.bool),
+                              n_ids != p_ids.reshape(-1, 1).to(q.device)], dim=1)
+        return self.margin_rank(q, contexts, ranks, mask)

@@ -286,3 +286,35 @@ def test_bf16_embeddings_get_a_float32_loss_and_bf16_gradients():
     assert total.item() == pytest.approx(reference.item(), rel=1e-5)
     total.backward()
     assert t1.grad.dtype == torch.bfloat16 and t1.grad.abs().sum() > 0
+
+
+# --- Format C margin ranking (QA hard examples) ---------------------------------------------
+
+
+def test_format_c_margin_term_is_the_hinge_of_the_positive_over_each_negative():
+    # cos(q, p) = 1, cos(q, n0) = 0.96 (hinge 0.1 - 0.04 = 0.06), cos(q, n1) = 0 (hinge 0)
+    emb = {
+        "query": torch.tensor([[1.0, 0.0]]),
+        "positive": torch.tensor([[1.0, 0.0]]),
+        "negative": torch.tensor([[[0.96, 0.28], [0.0, 1.0]]]),
+    }
+    total, parts = AnglELoss(ibn_w=0.0, cln_w=0.0, angle_w=0.0, margin_w=2.0, margin=0.1)(emb, "C")
+    assert set(parts) == {"margin"}
+    assert parts["margin"].item() == pytest.approx((0.06 + 0.0) / 2, abs=1e-6)
+    assert total.item() == pytest.approx(2.0 * 0.03, abs=1e-6)
+
+
+def test_format_c_margin_term_skips_a_negative_that_is_a_copy_of_the_positive():
+    q, p = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])
+    n = torch.stack([p, torch.tensor([[0.0, 1.0]])], dim=1)  # n0 is p itself
+    ids = {"query": torch.tensor([1]), "positive": torch.tensor([2]), "negative": torch.tensor([[2, 3]])}
+    loss_fn = AnglELoss(ibn_w=0.0, cln_w=0.0, angle_w=0.0, margin_w=1.0, margin=0.8)
+    _, parts = loss_fn({"query": q, "positive": p, "negative": n}, "C", ids=ids)
+    assert parts["margin"].item() == pytest.approx(0.8 - (0.6 - 0.0), abs=1e-6)  # (p, n1) only
+    _, unmasked = loss_fn({"query": q, "positive": p, "negative": n}, "C")
+    assert unmasked["margin"].item() == pytest.approx((0.8 + 0.2) / 2, abs=1e-6)  # + p vs its copy
+
+
+def test_from_config_reads_the_margin_weight_and_margin():
+    loss_fn = AnglELoss.from_config(LossConfig(margin_w=0.7, margin=0.3))
+    assert (loss_fn.margin_w, loss_fn.margin_rank.margin) == (0.7, 0.3)
