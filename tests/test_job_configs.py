@@ -78,7 +78,9 @@ def test_job_config_data_files_exist_in_the_project_data(path, data_dir, monkeyp
 
     monkeypatch.setenv("ANGLE_RAY_DATA_DIR", str(data_dir))
     cfg = load_config(path)
-    paths = [d.path for d in cfg.data] + ([cfg.eval.dev.path] if cfg.eval.dev else [])
+    paths = ([d.path for d in cfg.data] + ([cfg.eval.dev.path] if cfg.eval.dev else [])
+             + ([cfg.eval.retrieval_dev.path] if cfg.eval.retrieval_dev else [])
+             + ([cfg.mining.beir] if cfg.mining else []))
     assert paths, f"{path.name} names no data"
     for p in paths:
         assert Path(expand_path(p)).exists()  # raises FileNotFoundError naming the path
