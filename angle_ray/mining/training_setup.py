@@ -93,7 +93,10 @@ def stop_refresher(handle, run_ref, run_dir: Path) -> dict:
     import ray
 
     handle.stop.remote()
-    status = ray.get(run_ref)
+    try:  # waits for a refresh under way to publish (or fail) first
+        status = ray.get(run_ref)
+    except ray.exceptions.RayError as err:  # never hide the training result behind it
+        status = {"published": [], "failures": [{"error": f"{type(err).__name__}: {err}"}]}
     (run_dir / NEGATIVES_DIR / "refresher.json").write_text(json.dumps(status, indent=1))
     print(f"[angle-ray] refresher: published {len(status['published'])} version(s) "
           f"{status['published']}, {len(status['failures'])} failed", flush=True)
