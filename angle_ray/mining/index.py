@@ -15,8 +15,9 @@ GPU (``faiss.get_num_gpus() > 0`` and ``cfg.faiss_gpu``; needs the ``gpu`` extra
 flat / ivf index is built on CPU, unsharded, and moved with ``faiss.index_cpu_to_all_gpus``; with
 ``cfg.shards > 1`` FAISS itself shards it over the GPUs (``GpuMultipleClonerOptions.shard``),
 otherwise it is replicated. HNSW has no GPU version and stays on CPU. GPU indexes cannot be
-pickled: build the index in the process (Ray actor) that searches it. Not exercised by the tests
-(no GPU there).
+pickled: build the index in the process (Ray actor) that searches it. GPU search caps ``top``
+(2048 in classic FAISS GPU builds), far above a mining window. Not exercised by the tests (no
+GPU there).
 """
 
 from __future__ import annotations
