@@ -56,33 +56,28 @@ def due(step: int, last_step: int, mining: MiningConfig) -> bool:
 
 def refresh_once(job: JobConfig, task, neg_dir: Path, model_ref: str, step: int,
                  source: str) -> Path:
-    """Encode, index, search, select and publish one version; returns its folder."""
+    """Encode on the pool, index, search, select and publish one version; returns its folder."""
     from angle_ray.mining.encoder_pool import encode_with_pool
     from angle_ray.mining.index import dense_candidates
     from angle_ray.mining.publish import prune_versions, publish_version
-    from angle_ray.mining.rows import negative_rows
-    from angle_ray.mining.select import select_negatives
+    from angle_ray.mining.static import mine_static
     from angle_ray.models.embedder import apply_prompt
 
     m = job.mining
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     texts = (apply_prompt(task.doc_texts, m.doc_prompt) + apply_prompt(task.query_texts, m.query_prompt))
     run = encode_with_pool(model_ref, texts, job.model, m.pool, max_length=m.max_length,
                            desc=f"refresh v{step}")
     n_docs = len(task.doc_texts)
-    doc_emb, query_emb = run.embeddings[:n_docs], run.embeddings[n_docs:]
-    cands = dense_candidates(query_emb, doc_emb, task.positives, m, top=m.window[1])
-    t1 = time.perf_counter()
-    negatives, stats = select_negatives(cands, task.positives, m, n_docs, seed=m.seed + step)
-    rows = negative_rows(task, negatives)
-    select_s = time.perf_counter() - t1
-    manifest = {
-        "kind": "refresh", "step": step, "source": source, "docs": n_docs,
-        "queries": len(task.query_texts), "stats": stats.as_dict(),
-        "seconds": {"encode_s": run.seconds, **cands.seconds, "select_s": select_s,
-                    "total_s": time.perf_counter() - t0},
-        "encode_texts_per_s": run.texts_per_s, "mining": m.model_dump(mode="json"),
-    }
+    cands = dense_candidates(run.embeddings[n_docs:], run.embeddings[:n_docs], task.positives, m,
+                             top=m.window[1])
+    cands.seconds = {"encode_s": run.seconds, **cands.seconds}
+    # a new random pick per version (ANCE samples afresh from each new ranking)
+    rows, manifest = mine_static(m.model_copy(update={"seed": m.seed + step}), task=task,
+                                 candidates=(cands, source))
+    manifest["seconds"]["total_s"] = round(time.perf_counter() - started, 3)
+    manifest.update(kind="refresh", step=step, encode_texts_per_s=run.texts_per_s,
+                    pool={"min_actors": m.pool.min_actors, "max_actors": m.pool.max_actors})
     folder = publish_version(neg_dir, step, rows, manifest, fmt=m.output_format)
     prune_versions(neg_dir, m.keep_versions)
     return folder
@@ -96,10 +91,10 @@ class Refresher:
     """
 
     def __init__(self, job_json: str, run_dir: str, neg_dir: str, poll_s: float = 2.0):
+        import ray.data
+
         from angle_ray.mining.publish import clean_partial, latest_version
         from angle_ray.mining.task import load_mining_task
-
-        import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False  # one line per refresh
         self.job = JobConfig.model_validate_json(job_json)

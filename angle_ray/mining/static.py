@@ -77,22 +77,28 @@ def _resolve_model(model, cfg: MiningConfig):
 
 
 def mine_static(cfg: MiningConfig, model=None, batch_size: int = 64, show_progress: bool = True,
-                dtype: str = "fp32", task: MiningTask | None = None) -> tuple[list[dict], dict]:
+                dtype: str = "fp32", task: MiningTask | None = None,
+                candidates: tuple[Candidates, str] | None = None) -> tuple[list[dict], dict]:
     """Mine ``cfg.k`` negatives per training query; returns (rows, manifest).
 
     ``model``: None = ``cfg.warm_start`` (bm25 or a model path), an ``EmbeddingModel``, or a path
-    (angle-ray / HF folder, hub id, ``all-MiniLM-L6-v2``). ``task`` skips reading the BEIR folder."""
+    (angle-ray / HF folder, hub id, ``all-MiniLM-L6-v2``). ``task`` skips reading the BEIR folder.
+    ``candidates``: (already retrieved candidates, their source), e.g. from the refresher's
+    encoder pool; then only selection happens here."""
     t0 = time.perf_counter()
     if task is None:
         task = load_mining_task(cfg)
     task_s = time.perf_counter() - t0
-    model, source = _resolve_model(model, cfg)
-    if model is None:
-        from angle_ray.mining.bm25 import bm25_candidates
-
-        cands = bm25_candidates(task, top=cfg.window[1], show_progress=show_progress)
+    if candidates is not None:
+        cands, source = candidates
     else:
-        cands = dense_task_candidates(task, model, cfg, batch_size, dtype, show_progress)
+        model, source = _resolve_model(model, cfg)
+        if model is None:
+            from angle_ray.mining.bm25 import bm25_candidates
+
+            cands = bm25_candidates(task, top=cfg.window[1], show_progress=show_progress)
+        else:
+            cands = dense_task_candidates(task, model, cfg, batch_size, dtype, show_progress)
     t1 = time.perf_counter()
     negatives, stats = select_negatives(cands, task.positives, cfg, n_docs=len(task.doc_ids), seed=cfg.seed)
     rows = negative_rows(task, negatives)
