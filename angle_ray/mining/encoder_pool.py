@@ -67,7 +67,6 @@ class PoolRun:
 def encode_with_pool(model_ref: str, texts: list[str], model_cfg: ModelConfig, pool: PoolConfig,
                      max_length: int | None = None, desc: str = "encode") -> PoolRun:
     """Embed `texts` on an actor pool of `pool.min_actors`..`pool.max_actors` encoders."""
-    import pyarrow as pa
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -75,8 +74,10 @@ def encode_with_pool(model_ref: str, texts: list[str], model_cfg: ModelConfig, p
     n = len(texts)
     # several blocks per actor so the pool has work to spread and to retry in small pieces
     blocks = max(1, min(math.ceil(n / pool.batch_size), 4 * pool.max_actors))
-    table = pa.table({"i": np.arange(n, dtype=np.int64), "text": pa.array(texts, pa.string())})
-    ds = ray.data.from_arrow(table).repartition(blocks)
+    # from_items builds the blocks here (no Ray task): with training holding most CPUs, a
+    # 1-CPU read or repartition task would wait for them and stall the refresh until the end
+    ds = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)],
+                             override_num_blocks=blocks)
     threads = max(1, int(pool.cpus_per_actor))
     encoded = ds.map_batches(
         TextEncoder,

@@ -105,3 +105,14 @@ def test_refresh_cadence():
     assert due(40, -1, job.mining)  # no warm start: the first refresh after refresh_every steps
     every = config_from_dict({"mining": {"beir": "x", "refresh_on_checkpoint": True}})
     assert due(1, 0, every.mining) and not due(5, 5, every.mining)
+
+
+def test_the_pool_runs_with_what_fits_below_its_maximum(ray_local, data_dir):
+    # 2 CPUs in the test cluster: a second 1.5-CPU actor never fits, the refresh goes on with one
+    texts = [t for t in load_mining_task(config_from_dict(
+        {"mining": {"beir": str(data_dir / "scifact")}}).mining).query_texts[:200]]
+    pool = PoolConfig(min_actors=1, max_actors=2, cpus_per_actor=1.5, batch_size=32)
+    run = encode_with_pool("all-MiniLM-L6-v2", texts, ModelConfig(), pool, max_length=48)
+    expected = encode(load_encoder("all-MiniLM-L6-v2", ModelConfig(), 48), texts, normalize=True,
+                      show_progress=False)
+    np.testing.assert_allclose(run.embeddings, expected, atol=1e-5)
