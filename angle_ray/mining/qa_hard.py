@@ -2,8 +2,11 @@
 
     angle-ray qa-hard --config jobs/configs/qa_hard.yaml --top-k 1 --loss cln
     angle-ray qa-hard --config jobs/configs/qa_hard.yaml --qa my_qa.jsonl --loss margin train.max_steps=40
+    ray job submit --working-dir . -- angle-ray qa-hard --config jobs/configs/qa_hard.yaml
 
-For QA rows (a question, candidate contexts, the gold index; see ``angle_ray.data.qa``):
+(On a cluster the evaluations run in the job's driver process, the training on Ray Train workers.)
+For QA rows (a question, candidate contexts, the gold index; see ``angle_ray.data.qa``; built
+from a BEIR folder's judged queries and BM25 candidates by ``make_qa_from_beir``):
 
 1. split the rows by a seeded fraction into a train part and a held-out part, so the figures
    after training are not only measured on the rows trained on;
@@ -15,13 +18,18 @@ For QA rows (a question, candidate contexts, the gold index; see ``angle_ray.dat
 4. train on them with the normal driver (``run_training``; the job's ``data:`` replaced by the
    hard-example file) with ``loss.cln_w`` (contrastive with negatives) or ``loss.margin_w``
    (margin ranking: the gold above every negative by ``loss.margin``);
-5. evaluate the trained model on the same rows; write ``qa_hard.json`` / ``qa_hard.md`` (a
+5. evaluate the trained model on the same rows; write ``qa_hard_<loss>.json`` / ``.md`` (a
    before/after table) in the run folder ``<train.storage_path>/<train.name>/``.
+
+The training run is ``<run folder>/train_<loss>_<hash of the hard examples>``: running the same
+command again resumes (or reuses) it, while other hard examples (another model, ``--top-k``,
+split...) get a fresh run instead of a checkpoint trained on different rows.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import time
@@ -152,12 +160,13 @@ def select_hard(rows: Sequence[QARow], scores: Sequence[np.ndarray], k: int = 1,
     return picked, out
 
 
-def training_config(cfg: JobConfig, hard_path: str | Path, loss: str, num_negatives: int) -> JobConfig:
+def training_config(cfg: JobConfig, hard_path: str | Path, loss: str, num_negatives: int,
+                    tag: str = "") -> JobConfig:
     """The job with ``data:`` = the hard-example file (Format C) and the chosen loss switched on.
 
     cln: ``cln_w`` (the job's value, else 1) and no margin term; margin: ``margin_w`` (the job's
     value, else 1) and no cln term. Other weights come from the job. The first ``data:`` entry's
-    prompts are kept; the run goes to ``<run folder>/train_<loss>``."""
+    prompts are kept; the run goes to ``<run folder>/train_<loss>[_<tag>]``."""
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
     base = cfg.data[0] if cfg.data else DatasetConfig(path=str(hard_path))
@@ -171,7 +180,8 @@ def training_config(cfg: JobConfig, hard_path: str | Path, loss: str, num_negati
         lc = lc.model_copy(update={"margin_w": lc.margin_w or 1.0, "cln_w": 0.0})
     from angle_ray.train.driver import run_dir_of
 
-    train = cfg.train.model_copy(update={"storage_path": str(run_dir_of(cfg)), "name": f"train_{loss}"})
+    name = f"train_{loss}_{tag}" if tag else f"train_{loss}"
+    train = cfg.train.model_copy(update={"storage_path": str(run_dir_of(cfg)), "name": name})
     return cfg.model_copy(update={"data": [data], "loss": lc, "train": train})
 
 
@@ -183,11 +193,16 @@ class QAHardResult:
     sets: dict[str, int]  # set name -> rows
     before: dict[str, dict[str, float]]  # set -> {"top1": ..}
     after: dict[str, dict[str, float]] = field(default_factory=dict)
+    loss: str = "cln"
     train_loss: list[float] = field(default_factory=list)  # logged loss, first to last report
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def json_path(self) -> Path:
+        return self.run_dir / f"qa_hard_{self.loss}.json"  # and .md beside it
+
     def to_json(self) -> dict:
-        return {"run_dir": str(self.run_dir), "hard_examples": str(self.hard_path),
+        return {"run_dir": str(self.run_dir), "loss": self.loss, "hard_examples": str(self.hard_path),
                 "model_dir": str(self.model_dir) if self.model_dir else None, "sets": self.sets,
                 "before": self.before, "after": self.after, "train_loss": self.train_loss,
                 "seconds": self.seconds}
@@ -252,13 +267,14 @@ def run_qa_hard(cfg: JobConfig, rows: Sequence[QARow], top_k: int = 1, loss: str
     model = model if model is not None else build_model(cfg.model)
     scores = evaluate(model, "before")
     hard_idx, hard = select_hard(train_rows, scores[:n_train], top_k, max_negatives)
+    hard_text = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in hard)
     hard_path = run_dir / HARD_FILE
-    with hard_path.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(h, ensure_ascii=False) + "\n" for h in hard)
+    hard_path.write_text(hard_text, encoding="utf-8")
     sets = {"train part": n_train, "hard examples": len(hard)}
     if held_rows:
         sets["held-out"] = len(held_rows)
-    result = QAHardResult(run_dir, hard_path, None, sets, figures(scores, hard_idx), seconds=seconds)
+    result = QAHardResult(run_dir, hard_path, None, sets, figures(scores, hard_idx), loss=loss,
+                          seconds=seconds)
     _log(f"before: {json.dumps(result.before)}")
     _log(f"{len(hard)} hard examples (gold not in the top {top_k}) written to {hard_path}")
     if not hard:
@@ -267,7 +283,8 @@ def run_qa_hard(cfg: JobConfig, rows: Sequence[QARow], top_k: int = 1, loss: str
         return result
 
     start = time.perf_counter()
-    run = run_training(training_config(cfg, hard_path, loss, max_negatives), address=address)
+    tag = hashlib.sha256(hard_text.encode()).hexdigest()[:8]
+    run = run_training(training_config(cfg, hard_path, loss, max_negatives, tag), address=address)
     seconds["train"] = round(time.perf_counter() - start, 1)
     if run.model_dir is None:
         raise RuntimeError(f"training wrote no model (run folder {run.run_dir})")
@@ -279,5 +296,5 @@ def run_qa_hard(cfg: JobConfig, rows: Sequence[QARow], top_k: int = 1, loss: str
 
 
 def _write(result: QAHardResult) -> None:
-    (result.run_dir / "qa_hard.json").write_text(json.dumps(result.to_json(), indent=1))
-    (result.run_dir / "qa_hard.md").write_text(markdown_table(result) + "\n")
+    result.json_path.write_text(json.dumps(result.to_json(), indent=1))
+    result.json_path.with_suffix(".md").write_text(markdown_table(result) + "\n")

@@ -174,6 +174,7 @@ def test_training_config_swaps_in_the_hard_examples_and_switches_on_the_chosen_l
     assert (margin.loss.cln_w, margin.loss.margin_w, margin.loss.margin) == (0.0, 1.0, 0.2)
     assert Path(margin.train.storage_path) == tmp_path / "qa_hard"
     assert margin.train.name == "train_margin"
+    assert training_config(cfg, tmp_path / "h.jsonl", "cln", 4, tag="1a2b").train.name == "train_cln_1a2b"
     with pytest.raises(ValueError, match="'ce'"):
         training_config(cfg, tmp_path / "hard.jsonl", "ce", num_negatives=4)
 
@@ -195,7 +196,7 @@ def test_qa_hard_command_trains_on_hard_rows_and_reports_before_and_after(
     assert rc == 0
     out = capsys.readouterr().out
     run_dir = tmp_path / "qa_hard"
-    result = json.loads((run_dir / "qa_hard.json").read_text())
+    result = json.loads((run_dir / "qa_hard_margin.json").read_text())
     n_hard = result["sets"]["hard examples"]
     assert result["sets"] == {"train part": 24, "hard examples": n_hard, "held-out": 8}
     assert 0 < n_hard < 24
@@ -204,10 +205,11 @@ def test_qa_hard_command_trains_on_hard_rows_and_reports_before_and_after(
     for name in ("train part", "hard examples", "held-out"):
         for when in ("before", "after"):
             assert f"| {name} | {result['sets'][name]} | {when} |" in out
-    assert (run_dir / "qa_hard.md").read_text().strip() in out
+    assert (run_dir / "qa_hard_margin.md").read_text().strip() in out
     assert result["before"]["hard examples"]["top1"] == 0.0  # by definition of hard at k=1
     # training moved the model: some trained rows now have their gold first
     assert result["after"]["hard examples"]["top1"] > 0.0
     assert len(result["train_loss"]) == 2 and result["train_loss"][1] < result["train_loss"][0]
-    assert (run_dir / "train_margin" / "model" / "angle_ray.json").is_file()
+    assert Path(result["model_dir"]).parent.name.startswith("train_margin_")
+    assert (Path(result["model_dir"]) / "angle_ray.json").is_file()
     assert len(read_qa(run_dir / "qa.jsonl")) == 32
