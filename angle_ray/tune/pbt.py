@@ -1,0 +1,139 @@
+"""Population Based Training over training runs: trials hand weights over as Tune checkpoints.
+
+PBT copies a strong trial's state into a weak one at perturbation points, so every trial must
+report Tune checkpoints. `TuneReportCallback` forwards metrics only (Ray 2.60), so under PBT a
+trial's reports take another path: the Train controller puts each dev report (and the path of
+the Train checkpoint it came with) on a queue; the Tune function, which runs the training in a
+thread beside it, takes them off and calls `tune.report` with a small checkpoint holding the
+model folder (weights, no optimiser state) and the step.
+
+An exploited trial restarts with its new values from the donor's weights as a new Train run
+(`<trial id>-g<n>`) that trains the steps left; reported steps count on from the donor's step.
+The learning-rate schedule restarts with each generation (a `constant` schedule suits PBT).
+Every dev evaluation is a checkpoint under PBT (`train.checkpoint_every` = the eval interval).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from ray.train import UserCallback
+
+STATE = "pbt_state.json"
+MODEL = "model"
+
+
+class QueueReportCallback(UserCallback):
+    """In the Train controller: each report with the metric -> the trial's queue."""
+
+    def __init__(self, metric: str, reports, step_offset: int):
+        self.metric = metric
+        self.reports = reports  # ray.util.queue.Queue
+        self.offset = step_offset
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = dict(metrics[0]) if metrics else {}
+        value = m.get(self.metric)
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return
+        for key in ("step", "total_steps"):
+            if key in m:
+                m[key] += self.offset
+        self.reports.put({"metrics": m, "checkpoint": checkpoint.path if checkpoint else None})
+
+
+def warm_start(run_dir: Path) -> dict | None:
+    """The Tune checkpoint this trial was (re)started from, unpacked into its new run folder:
+    {"model": folder, "step": donor step}; None on a trial's first start."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as folder:
+        state = json.loads((Path(folder) / STATE).read_text())
+        target = run_dir / "init_model"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(Path(folder) / MODEL, target)
+    return {"model": str(target), "step": int(state["step"])}
+
+
+def next_run_name(trials_dir: Path, trial_id: str) -> str:
+    n = len(list(trials_dir.glob(f"{trial_id}-g*"))) + 1
+    return f"{trial_id}-g{n}"
+
+
+def report_with_checkpoints(reports, training: threading.Thread, errors: list) -> None:
+    """In the Tune function's thread: forward the queued reports until the training thread ends."""
+    from ray import tune
+
+    while True:
+        try:
+            item = reports.get(timeout=1.0)
+        except queue.Empty:  # ray.util.queue.Empty subclasses it
+            if not training.is_alive() and reports.empty():
+                break
+            continue
+        path = item["checkpoint"]
+        if path is None:
+            tune.report(item["metrics"])
+            continue
+        with tempfile.TemporaryDirectory(prefix="angle-pbt-") as folder:
+            shutil.copytree(Path(path) / MODEL, Path(folder) / MODEL)
+            (Path(folder) / STATE).write_text(json.dumps({"step": item["metrics"]["step"]}))
+            tune.report(item["metrics"], checkpoint=tune.Checkpoint.from_directory(folder))
+    training.join()
+    if errors:
+        raise errors[0]
+
+
+def run_pbt_trial(sweep, values: dict, trial_id: str) -> None:
+    """One PBT trial: warm start from the checkpoint Tune hands over, train the steps left."""
+    from ray.util.queue import Queue
+
+    from angle_ray.train.driver import run_training
+    from angle_ray.tune.sweep import TRIALS_DIR, first_eval_step
+
+    trials_dir = sweep.folder / TRIALS_DIR
+    cfg = sweep.trial_job(values, name=trial_id)
+    if cfg.train.max_steps is None:
+        raise ValueError("PBT trials need train.max_steps (steps count on across generations)")
+    every = first_eval_step(cfg)
+    train = {"checkpoint_every": every, "eval_every": every}
+    start = None
+    if _has_checkpoint():  # exploited (or retried, or resumed): continue from those weights
+        train["name"] = next_run_name(trials_dir, trial_id)
+        start = warm_start(trials_dir / train["name"])
+        train["max_steps"] = max(1, cfg.train.max_steps - start["step"])
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"name_or_path": start["model"]})})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
+    reports = Queue(actor_options={"num_cpus": 0})
+    errors: list = []
+
+    def fit():
+        try:
+            run_training(cfg, callbacks=[QueueReportCallback(sweep.spec.metric, reports,
+                                                             start["step"] if start else 0)])
+        except Exception as err:  # noqa: BLE001 - re-raised in the Tune function's thread
+            errors.append(err)
+
+    training = threading.Thread(target=fit, name="pbt-training", daemon=True)
+    training.start()
+    try:
+        report_with_checkpoints(reports, training, errors)
+    finally:
+        reports.shutdown()
+
+
+def _has_checkpoint() -> bool:
+    from ray import tune
+
+    return tune.get_checkpoint() is not None
