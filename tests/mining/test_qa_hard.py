@@ -182,6 +182,17 @@ def test_training_config_swaps_in_the_hard_examples_and_switches_on_the_chosen_l
 # --- end to end ---------------------------------------------------------------------------
 
 
+def test_qa_hard_command_stops_on_a_bad_qa_file_before_loading_a_model(tmp_path, capsys):
+    from angle_ray.cli import main
+
+    path = _jsonl(tmp_path / "qa.jsonl", [GOOD, {**GOOD, "contexts": []}])
+    rc = main(["qa-hard", "--config", str(REPO / "jobs" / "configs" / "qa_hard.yaml"), "--qa", str(path),
+               f"train.storage_path={tmp_path}"])
+    assert rc == 2
+    assert "qa.jsonl line 2, field 'contexts': empty contexts list" in capsys.readouterr().err
+    assert not (tmp_path / "qa_hard" / "hard_examples.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_qa_hard_command_trains_on_hard_rows_and_reports_before_and_after(
         ray_local, data_dir, tmp_path, capsys):
