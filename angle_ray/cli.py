@@ -4,6 +4,8 @@
     angle-ray eval   --model all-MiniLM-L6-v2 --tasks stsb,sickr
     angle-ray export --model runs/quickstart/model --output exported/
     angle-ray mine   --config JOB.yaml --output negatives.jsonl [--model PATH]
+    angle-ray qa-hard --config jobs/configs/qa_hard.yaml [--qa FILE | --from-beir DIR] --loss cln
+    angle-ray sweep  --space tune_spaces/stsb_loss_weights.yaml [--config JOB.yaml] [key=value ...]
 """
 
 from __future__ import annotations
@@ -108,6 +110,45 @@ def _eval_quietly(model_path: str, cfg, tasks: str) -> dict[str, float]:
     return {t: headline(t, m) for t, m in results["tasks"].items()}
 
 
+def cmd_qa_hard(args: argparse.Namespace) -> int:
+    """Evaluate on QA rows, train on the ones the model gets wrong, evaluate again (a table)."""
+    from angle_ray.config import ConfigError, load_config
+    from angle_ray.data.errors import DataError
+    from angle_ray.data.location import expand_path
+    from angle_ray.data.qa import read_qa, write_qa
+    from angle_ray.mining.qa_hard import is_beir_folder, make_qa_from_beir, markdown_table, run_qa_hard
+    from angle_ray.train.driver import run_dir_of
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    source = args.qa or args.from_beir or (cfg.data[0].path if cfg.data else None)
+    if source is None:
+        print("error: give --qa FILE or --from-beir DIR (or a `data:` entry naming one)", file=sys.stderr)
+        return 2
+    try:
+        path = expand_path(source)
+        if args.from_beir or (not args.qa and is_beir_folder(path)):
+            print(f"[angle-ray] qa-hard: building QA rows from {path} ({args.candidates} BM25 "
+                  "candidates per question)", flush=True)
+            rows = make_qa_from_beir(path, args.candidates, seed=args.seed,
+                                     max_questions=args.max_questions)
+            print(f"[angle-ray] qa-hard: wrote {write_qa(rows, run_dir_of(cfg) / 'qa.jsonl')}", flush=True)
+        else:
+            mapping = cfg.data[0].column_rename_mapping if cfg.data else {}  # data.0 renames
+            rows = read_qa(path, mapping)[: args.max_questions]
+        result = run_qa_hard(cfg, rows, top_k=args.top_k, loss=args.loss, max_negatives=args.negatives,
+                             eval_fraction=args.eval_fraction, seed=args.seed, address=args.address)
+    except (FileNotFoundError, DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n" + markdown_table(result))
+    print(f"\n[angle-ray] wrote {result.json_path.with_suffix('.md')} and {result.json_path}")
+    return 0
+
+
 def cmd_mine(args: argparse.Namespace) -> int:
     """Static hard negatives from the job's `mining:` section (BM25 or a model) to one file."""
     from angle_ray.config import ConfigError, load_config
@@ -131,6 +172,33 @@ def cmd_mine(args: argparse.Namespace) -> int:
         return 2
     out = write_negatives(rows, args.output, output_format(args.output, cfg.mining.output_format))
     print(summary(manifest, len(rows), out))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Ray Tune over the training driver; the same command again resumes an unfinished sweep."""
+    from angle_ray.config import ConfigError
+    from angle_ray.tune.space import SpaceError
+    from angle_ray.tune.sweep import plan_sweep, run_sweep
+
+    flags = {"num_samples": args.num_samples, "max_concurrent_trials": args.max_concurrent,
+             "max_failures": args.max_failures, "search": args.search, "scheduler": args.scheduler,
+             "metric": args.metric, "mode": args.mode, "seed": args.seed,
+             "trial_cpus": args.trial_cpus}
+    try:
+        sweep = plan_sweep(args.space, args.config, args.overrides, args.output, **flags)
+        outcome = run_sweep(sweep, address=args.address, resume=True if args.resume else None)
+    except (ConfigError, SpaceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = outcome.report
+    print(f"\n[angle-ray] sweep folder: {outcome.folder}\n{report.summary()}")
+    for what, path in report.files.items():
+        print(f"  {what}: {path}")
+    if outcome.interrupted:
+        print(f"[angle-ray] interrupted with {report.unfinished} unfinished trial(s); run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -164,6 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sentence-transformers", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("qa-hard", help="QA top-1/3/5 before and after training on the hard examples")
+    p.add_argument("--config", required=True, help="job YAML, e.g. jobs/configs/qa_hard.yaml")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--qa", default=None, help="QA file/folder: {question, contexts, gold} rows "
+                        "(default: the job's data.0.path, a QA file or a BEIR folder)")
+    source.add_argument("--from-beir", default=None, help="build the QA rows from this BEIR folder")
+    p.add_argument("--candidates", type=int, default=20, help="contexts per question (BEIR; BM25)")
+    p.add_argument("--top-k", type=int, default=1, help="hard = gold not in the top k (default 1)")
+    p.add_argument("--loss", choices=["cln", "margin"], default="cln",
+                   help="cln: contrastive with negatives; margin: margin ranking (loss.margin)")
+    p.add_argument("--negatives", type=int, default=3, help="negatives per hard example (max)")
+    p.add_argument("--eval-fraction", type=float, default=0.2, help="QA rows held out of training")
+    p.add_argument("--seed", type=int, default=0, help="held-out split and context shuffle")
+    p.add_argument("--max-questions", type=int, default=None, help="use the first N questions only")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value config overrides, e.g. train.max_steps=40")
+    p.set_defaults(func=cmd_qa_hard)
+
     p = sub.add_parser("mine", help="mine static hard negatives (BM25 or a model) to a Format C file")
     p.add_argument("--config", required=True, help="job YAML with a `mining:` section")
     p.add_argument("--output", required=True, help="negatives.jsonl or negatives.parquet")
@@ -174,6 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides, e.g. mining.k=8")
     p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("sweep", help="Ray Tune search over a job's config keys (ASHA/PBT, random/TPE)")
+    p.add_argument("--space", required=True, help="search space YAML, e.g. tune_spaces/stsb_loss_weights.yaml")
+    p.add_argument("--config", default=None, help="base job YAML (default: the space file's `config:`)")
+    p.add_argument("--output", default=None,
+                   help="sweep folder (default: <train.storage_path>/sweeps/<space name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="require an unfinished sweep in the folder (it resumes anyway when one is there)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--num-samples", type=int, default=None)
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials running at once")
+    p.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
+    p.add_argument("--trial-cpus", type=float, default=None,
+                   help="CPUs of each trial's Tune function (its workers: train.cpus_per_worker)")
+    p.add_argument("--search", choices=["random", "optuna"], default=None)
+    p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default=None)
+    p.add_argument("--metric", default=None, help="reported metric to optimise (default dev_metric)")
+    p.add_argument("--mode", choices=["max", "min"], default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the searcher")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base job")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 
