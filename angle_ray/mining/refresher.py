@@ -42,6 +42,8 @@ def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     name, metrics = latest.get("checkpoint_dir_name"), latest.get("metrics") or {}
     if not name or "step" not in metrics:
         return None
+    if metrics.get("total_steps") and metrics["step"] >= metrics["total_steps"]:
+        return None  # the final checkpoint: training is over, negatives from it would go unused
     return int(metrics["step"]), run_dir / name
 
 
