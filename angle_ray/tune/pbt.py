@@ -9,7 +9,9 @@ model folder (weights, no optimiser state) and the step.
 
 An exploited trial restarts with its new values from the donor's weights as a new Train run
 (`<trial id>-g<n>`) that trains the steps left; reported steps count on from the donor's step.
-The learning-rate schedule restarts with each generation (a `constant` schedule suits PBT).
+Tune's PBT also pauses a strong trial while a weak one is being replaced; it comes back the same
+way, from its own last checkpoint. Optimiser state is not handed over and the learning-rate
+schedule restarts with each generation (a `constant` schedule suits PBT).
 Every dev evaluation is a checkpoint under PBT (`train.checkpoint_every` = the eval interval).
 """
 
@@ -49,8 +51,9 @@ class QueueReportCallback(UserCallback):
 
 
 def warm_start(run_dir: Path) -> dict | None:
-    """The Tune checkpoint this trial was (re)started from, unpacked into its new run folder:
-    {"model": folder, "step": donor step}; None on a trial's first start."""
+    """The Tune checkpoint this trial was (re)started from, unpacked into its new run folder
+    (`init_model/`, and `warm_start.json` saying whose weights at which step):
+    {"model": folder, "step": donor step, "from_trial": donor}; None on a trial's first start."""
     from ray import tune
 
     ckpt = tune.get_checkpoint()
@@ -62,7 +65,9 @@ def warm_start(run_dir: Path) -> dict | None:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(Path(folder) / MODEL, target)
-    return {"model": str(target), "step": int(state["step"])}
+    start = {"model": str(target), "step": int(state["step"]), "from_trial": state.get("trial_id")}
+    (run_dir / "warm_start.json").write_text(json.dumps(start))
+    return start
 
 
 def next_run_name(trials_dir: Path, trial_id: str) -> str:
@@ -70,7 +75,7 @@ def next_run_name(trials_dir: Path, trial_id: str) -> str:
     return f"{trial_id}-g{n}"
 
 
-def report_with_checkpoints(reports, training: threading.Thread, errors: list) -> None:
+def report_with_checkpoints(reports, training: threading.Thread, errors: list, trial_id: str) -> None:
     """In the Tune function's thread: forward the queued reports until the training thread ends."""
     from ray import tune
 
@@ -87,7 +92,8 @@ def report_with_checkpoints(reports, training: threading.Thread, errors: list) -
             continue
         with tempfile.TemporaryDirectory(prefix="angle-pbt-") as folder:
             shutil.copytree(Path(path) / MODEL, Path(folder) / MODEL)
-            (Path(folder) / STATE).write_text(json.dumps({"step": item["metrics"]["step"]}))
+            (Path(folder) / STATE).write_text(json.dumps({"step": item["metrics"]["step"],
+                                                          "trial_id": trial_id}))
             tune.report(item["metrics"], checkpoint=tune.Checkpoint.from_directory(folder))
     training.join()
     if errors:
@@ -128,7 +134,7 @@ def run_pbt_trial(sweep, values: dict, trial_id: str) -> None:
     training = threading.Thread(target=fit, name="pbt-training", daemon=True)
     training.start()
     try:
-        report_with_checkpoints(reports, training, errors)
+        report_with_checkpoints(reports, training, errors, trial_id)
     finally:
         reports.shutdown()
 

@@ -285,6 +285,9 @@ def write_best_config(sweep, best: TrialRow) -> Path:
     header = (f"# Best trial {best.trial_id} of sweep {sweep.spec.name} ({sweep.spec.source}): "
               f"{sweep.spec.metric} {best.metric:.4f} at step {best.step}.\n"
               f"# Rerun it: angle-ray train --config {path}\n")
+    if sweep.spec.scheduler.type == "pbt":
+        header += ("# PBT: these are the trial's last values; its weights came through other "
+                   "trials (trials/*-g*/warm_start.json), so a rerun trains them from the start.\n")
     path.write_text(header + path.read_text())
     return path
 

@@ -283,7 +283,8 @@ def build_tuner(sweep: Sweep):
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, search_alg=make_searcher(sweep),
             scheduler=make_scheduler(sweep), num_samples=spec.num_samples,
-            max_concurrent_trials=spec.max_concurrent_trials,
+            # random search limits itself (BasicVariantGenerator); Tune wraps Optuna in a limiter
+            max_concurrent_trials=spec.max_concurrent_trials if spec.search == "optuna" else None,
             trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(sweep.folder),
@@ -301,12 +302,15 @@ def can_resume(folder: str | Path) -> bool:
 def _check_same_sweep(sweep: Sweep) -> None:
     saved = json.loads((sweep.folder / STATE_FILE).read_text())
     now = sweep.state()
+    for state in (saved, now):  # the same space file may be named by another path
+        state["spec"].pop("source", None)
     for part in ("spec", "job"):
         if saved[part] != now[part]:
             keys = sorted(k for k in set(saved[part]) | set(now[part])
                           if saved[part].get(k) != now[part].get(k))
             raise SpaceError(
-                f"{sweep.folder} holds a sweep started from a different {part} (differs in: "
+                f"{sweep.folder} holds a sweep started from a different "
+                f"{'space' if part == 'spec' else 'job'} (differs in: "
                 f"{', '.join(keys)}); rerun with the original space and config to resume it, "
                 "or pass --output for a new sweep folder")
 

@@ -255,3 +255,24 @@ def test_loguniform_samples_stay_in_bounds_and_spread_over_decades(tmp_path):
     assert all(1e-6 <= x <= 1e-2 for x in xs)
     decades = {math.floor(math.log10(x)) for x in xs}
     assert decades == {-6, -5, -4, -3}
+
+
+def test_a_sweep_folder_started_from_another_space_is_not_resumed_with_this_one(tmp_path,
+                                                                                  tiny_job_file):
+    import json
+
+    from angle_ray.tune.sweep import STATE_FILE, _check_same_sweep
+
+    first = plan_sweep(_space(tmp_path, "params: {loss.ibn_w: {uniform: [0.0, 1.0]}}\n",
+                              tiny_job_file), output=tmp_path / "sw")
+    first.folder.mkdir()
+    (first.folder / STATE_FILE).write_text(json.dumps(first.state()))
+    _check_same_sweep(first)  # the same space and job: fine
+    other = tmp_path / "other.yaml"
+    other.write_text(f"config: {tiny_job_file}\nparams: {{loss.ibn_w: {{uniform: [0.0, 2.0]}}}}\n")
+    again = plan_sweep(other, output=tmp_path / "sw")
+    with pytest.raises(SpaceError, match=r"different space \(differs in: .*params"):
+        _check_same_sweep(again)
+    other_job = plan_sweep(first.spec.source, overrides=["train.max_steps=4"], output=tmp_path / "sw")
+    with pytest.raises(SpaceError, match=r"different job \(differs in: train\)"):
+        _check_same_sweep(other_job)

@@ -1,0 +1,48 @@
+"""PBT over real training runs: two trials at once, the weak one continues from the strong one's
+weights (a Tune checkpoint holding the model folder) as a new Train run, counting steps on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from angle_ray.tune.pbt import STATE
+from angle_ray.tune.sweep import TRIALS_DIR, plan_sweep, run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def test_pbt_weak_trial_continues_from_the_strong_trials_weights(tiny_job_file, tmp_path, ray_local):
+    space = tmp_path / "pbt.yaml"
+    space.write_text(yaml.safe_dump({
+        "config": str(tiny_job_file), "num_samples": 2, "max_concurrent_trials": 2,
+        "include_base": True,
+        "scheduler": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                      "resample_probability": 0.0},
+        # the base trial (lr 5e-5) learns; the other one (2e-2) wrecks the model at once
+        "params": {"train.lr": {"choice": [2.0e-2]}}}))
+    sweep = plan_sweep(space, output=tmp_path / "sweep", overrides=["train.max_steps=6"])
+    outcome = run_sweep(sweep)
+    report = outcome.report
+    assert not outcome.interrupted and len(report.rows) == 2
+    assert {r.status for r in report.rows} == {"completed"}  # PBT never stops a trial for good
+    assert all(r.step == 6 and r.total_steps == 6 for r in report.rows)  # steps count on
+    base = next(r for r in report.rows if r.is_base)
+    weak = next(r for r in report.rows if not r.is_base)
+    runs = sorted((sweep.folder / TRIALS_DIR).glob(f"{weak.trial_id}-g*"))
+    assert runs, "the weak trial never continued from another trial's checkpoint"
+    from_base = [json.loads((r / "warm_start.json").read_text()) for r in runs]
+    assert base.trial_id in [w["from_trial"] for w in from_base]  # it took the strong weights
+    run = runs[0]
+    assert (run / "init_model" / "angle_ray.json").exists()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["name_or_path"] == str(run / "init_model")
+    assert config["train"]["max_steps"] == 6 - from_base[0]["step"]  # only the steps left
+    steps = [s for s, _ in weak.curve]  # one curve across generations, counting on
+    assert steps == sorted(set(steps)) and steps[-1] == 6 and len(steps) >= 2
+    tune_ckpts = list((sweep.folder / "tune").rglob(STATE))
+    assert tune_ckpts and all(json.loads(p.read_text())["step"] in (2, 4, 6) for p in tune_ckpts)
+    assert Path(report.files["best"]).exists()
