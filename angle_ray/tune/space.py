@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from angle_ray.config import ConfigError, config_from_dict
+from angle_ray.errors import UserError
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -63,7 +64,7 @@ SCHEDULER_KEYS = {
 }
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """A space file that cannot be used; the message names the file and the key."""
 
 
