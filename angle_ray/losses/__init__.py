@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from angle_ray.losses.angle import AngleLoss, angle_scores
+from angle_ray.losses.angle import AngleDifferenceLoss, angle_scores
 from angle_ray.losses.cln import ContrastiveWithNegativesLoss
 from angle_ray.losses.combined import AnglELoss
 from angle_ray.losses.cosine import CosineLoss, cosent_ranking_loss
@@ -20,7 +20,7 @@ from angle_ray.losses.matryoshka import MatryoshkaLoss
 
 __all__ = [
     "AnglELoss",
-    "AngleLoss",
+    "AngleDifferenceLoss",
     "ContrastiveWithNegativesLoss",
     "CosineLoss",
     "InBatchNegativesLoss",

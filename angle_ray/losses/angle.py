@@ -1,4 +1,5 @@
-"""Angle loss: CoSENT ranking on the angle difference of two embeddings read as complex vectors.
+"""The angle term (`AngleDifferenceLoss`): CoSENT ranking on the angle difference of two
+embeddings read as complex vectors.
 
 Formula (AnglE, Li & Li 2023, "AnglE-optimized Text Embeddings", arXiv:2309.12871). Split each
 embedding into a real and an imaginary half, ``u = [a; b]`` and ``v = [c; d]``; the complex
@@ -17,7 +18,7 @@ Batch layout: ``u`` and ``v`` are ``[N, d]`` with d even, ``labels`` is ``[N]``.
 
 Example::
 
-    loss_fn = AngleLoss(tau=20.0)
+    loss_fn = AngleDifferenceLoss(tau=20.0)
     u, v, labels = torch.randn(4, 8), torch.randn(4, 8), torch.tensor([0.0, 0.2, 0.8, 1.0])
     loss = loss_fn(u, v, labels)  # 0-dim tensor
 """
@@ -51,7 +52,7 @@ def angle_scores(u: Tensor, v: Tensor) -> Tensor:
     return (re + im).abs()
 
 
-class AngleLoss(nn.Module):
+class AngleDifferenceLoss(nn.Module):
     """CoSENT on ``tau * angle_scores(u, v)``; see the module docstring."""
 
     def __init__(self, tau: float = 20.0) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from angle_ray.losses.angle import AngleLoss
+from angle_ray.losses.angle import AngleDifferenceLoss
 from angle_ray.losses.cln import ContrastiveWithNegativesLoss
 from angle_ray.losses.cosine import CosineLoss
 from angle_ray.losses.ibn import InBatchNegativesLoss
@@ -76,7 +76,7 @@ class AnglELoss(nn.Module):
         self.cln_w = cln_w
         self.angle_w = angle_w
         self.cosine = CosineLoss(tau=cosine_tau)
-        self.angle = AngleLoss(tau=angle_tau)
+        self.angle = AngleDifferenceLoss(tau=angle_tau)
         self.ibn = InBatchNegativesLoss(tau=ibn_tau, threshold=ibn_threshold)
         self.cln = ContrastiveWithNegativesLoss(tau=ibn_tau)
         self.margin_w = margin_w

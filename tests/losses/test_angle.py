@@ -1,11 +1,11 @@
-"""Angle scores and AngleLoss against values worked out by hand."""
+"""Angle scores and AngleDifferenceLoss against values worked out by hand."""
 
 import math
 
 import pytest
 import torch
 
-from angle_ray.losses.angle import AngleLoss, angle_scores
+from angle_ray.losses.angle import AngleDifferenceLoss, angle_scores
 
 R2 = math.sqrt(2.0)
 
@@ -54,19 +54,19 @@ def test_angle_loss_matches_hand_value():
     s = [0.0, tau * 1.0, tau * R2]
     # ordered pairs (i, j) with y_i < y_j: (1, 0), (1, 2), (2, 0)
     expected = math.log(1 + math.exp(s[1] - s[0]) + math.exp(s[1] - s[2]) + math.exp(s[2] - s[0]))
-    assert AngleLoss(tau=tau)(u, v, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert AngleDifferenceLoss(tau=tau)(u, v, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_angle_loss_rejects_odd_dimension():
     with pytest.raises(ValueError, match="even embedding size.*got 3"):
-        AngleLoss()(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+        AngleDifferenceLoss()(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0.0, 1.0]))
 
 
 def test_angle_loss_is_invariant_to_embedding_scale():
     g = torch.Generator().manual_seed(1)
     u, v = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     labels = torch.tensor([0.0, 0.3, 0.6, 1.0])
-    loss_fn = AngleLoss()
+    loss_fn = AngleDifferenceLoss()
     assert loss_fn(3 * u, 3 * v, labels).item() == pytest.approx(
         loss_fn(u, v, labels).item(), rel=1e-5
     )
@@ -76,6 +76,6 @@ def test_angle_loss_gradient_reaches_both_inputs():
     g = torch.Generator().manual_seed(2)
     u = torch.randn(3, 4, generator=g, requires_grad=True)
     v = torch.randn(3, 4, generator=g, requires_grad=True)
-    AngleLoss()(u, v, torch.tensor([0.0, 0.5, 1.0])).backward()
+    AngleDifferenceLoss()(u, v, torch.tensor([0.0, 0.5, 1.0])).backward()
     assert u.grad is not None and u.grad.abs().sum() > 0
     assert v.grad is not None and v.grad.abs().sum() > 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from angle_ray.config import LossConfig
-from angle_ray.losses.angle import AngleLoss
+from angle_ray.losses.angle import AngleDifferenceLoss
 from angle_ray.losses.cln import ContrastiveWithNegativesLoss
 from angle_ray.losses.combined import AnglELoss
 from angle_ray.losses.cosine import CosineLoss
@@ -108,7 +108,7 @@ def test_format_a_is_the_weighted_sum_of_cosine_ibn_and_angle():
     total, parts = loss_fn({"text1": t1, "text2": t2}, "A", labels)
     cos = CosineLoss(tau=10.0)(t1, t2, labels)
     ibn = InBatchNegativesLoss(tau=5.0, threshold=0.55)(t1, t2, labels)
-    ang = AngleLoss(tau=15.0)(t1, t2, labels)
+    ang = AngleDifferenceLoss(tau=15.0)(t1, t2, labels)
     assert total.item() == pytest.approx((0.3 * cos + 2.0 * ibn + 0.5 * ang).item(), rel=1e-6)
     assert set(parts) == {"cosine", "ibn", "angle"}
     assert parts["ibn"].item() == pytest.approx(ibn.item(), rel=1e-6)
@@ -185,7 +185,7 @@ def test_format_c_is_the_weighted_sum_of_its_parts():
     labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     expected = (
         (1.5 * cln(q, p) + 0.5 * cln(q, p, n)) / 2
-        + 0.2 * AngleLoss()(u, v, labels)
+        + 0.2 * AngleDifferenceLoss()(u, v, labels)
         + 0.4 * CosineLoss()(u, v, labels)
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
