@@ -276,26 +276,53 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = raw
-        for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                node = node[_list_index(node, part, key)]
-                continue
-            if part not in node or node[part] is None:
+        set_key(raw, key.strip(), _parse_scalar(value))
+    return raw
+
+
+def set_key(raw: dict, key: str, value: Any) -> dict:
+    """Set `a.b.c` (list indices allowed: `data.0.path`) in a nested job dict, in place;
+    missing (or null) sections on the way are created."""
+    *sections, leaf = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(sections):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, key)]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
                 node[part] = {}
             node = node[part]
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_list_index(node, last, key)] = _parse_scalar(value)
         else:
-            node[last] = _parse_scalar(value)
+            raise _not_a_section(key, sections[:depth])
+    if isinstance(node, list):
+        node[_list_index(node, leaf, key)] = value
+    elif isinstance(node, dict):
+        node[leaf] = value
+    else:
+        raise _not_a_section(key, sections)
     return raw
+
+
+def _not_a_section(key: str, path: list[str]) -> ConfigError:
+    return ConfigError(f"key {key!r}: {'.'.join(path)} is a value, not a section")
+
+
+def get_key(raw: dict, key: str, default: Any = None) -> Any:
+    """The value at `a.b.c` (list indices allowed) in a nested job dict, or `default`."""
+    node: Any = raw
+    for part in key.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return default
+    return node
 
 
 def _list_index(node: list, part: str, key: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"override {key!r}: {part!r} is not an index of a list of {len(node)}")
+        raise ConfigError(f"key {key!r}: {part!r} is not an index of a list of {len(node)}")
     return int(part)
 
 
@@ -317,22 +344,24 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> JobConfig:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+def read_job_file(path: str | Path) -> dict:
+    """The raw (unvalidated) job dict of a YAML job file; a clear error when it is not one."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
     """Read a YAML job file (or start from defaults when `path` is None) and apply overrides."""
-    raw: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = read_job_file(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, source)
+    return config_from_dict(raw, str(path) if path is not None else "<defaults>")
 
 
 def dump_config(cfg: JobConfig, path: str | Path) -> None:

@@ -1,7 +1,15 @@
+"""The job schema, `key.sub=value` overrides and the dotted-key walk they share with sweeps."""
+
 import pytest
 
-from angle_ray.config import ConfigError, config_from_dict, load_config
-from angle_ray.data.location import expand_path
+from angle_ray.config import (
+    ConfigError,
+    config_from_dict,
+    get_key,
+    load_config,
+    read_job_file,
+    set_key,
+)
 
 
 def test_unknown_key_is_an_error_naming_the_key(tmp_path):
@@ -48,11 +56,43 @@ def test_llm_needs_last_or_mean_pooling():
         config_from_dict({"model": {"is_llm": True, "pooling": "cls"}})
 
 
-def test_data_dir_placeholder_and_missing_path_hint(monkeypatch, tmp_path):
-    (tmp_path / "stsb").mkdir()
-    (tmp_path / "stsb" / "train.jsonl").write_text("{}\n")
-    monkeypatch.setenv("ANGLE_RAY_DATA_DIR", str(tmp_path))
-    assert expand_path("{data_dir}/stsb/train.jsonl") == str(tmp_path / "stsb" / "train.jsonl")
-    with pytest.raises(FileNotFoundError, match="ANGLE_RAY_DATA_DIR"):
-        expand_path("{data_dir}/nli/x.jsonl")
-    assert expand_path("s3://bucket/x.parquet") == "s3://bucket/x.parquet"
+def test_set_key_walks_sections_and_list_items_creating_missing_sections():
+    raw = {"model": {"pooling": "mean"}, "data": [{"path": "a.jsonl"}], "eval": None}
+    set_key(raw, "data.0.path", "b.jsonl")
+    set_key(raw, "eval.dev.path", "dev.jsonl")  # a null section becomes a mapping
+    set_key(raw, "loss.angle_w", 0.5)  # a missing one too
+    set_key(raw, "loss.matryoshka_dims", [64, 32])
+    set_key(raw, "loss.matryoshka_dims.1", 16)
+    assert raw == {"model": {"pooling": "mean"}, "data": [{"path": "b.jsonl"}],
+                   "eval": {"dev": {"path": "dev.jsonl"}},
+                   "loss": {"angle_w": 0.5, "matryoshka_dims": [64, 16]}}
+    assert get_key(raw, "data.0.path") == "b.jsonl"
+    assert get_key(raw, "loss.matryoshka_dims.0") == 64
+    assert get_key(raw, "loss.nope", "dflt") == "dflt"
+    assert get_key(raw, "data.1.path") is None  # past the end of a list
+    assert get_key(raw, "model.pooling.x") is None  # below a value
+
+
+@pytest.mark.parametrize("key, message", [
+    ("model.pooling.kind", r"key 'model.pooling.kind': model.pooling is a value, not a section"),
+    ("model.pooling.kind.x", r"model.pooling is a value, not a section"),
+    ("data.1.path", r"key 'data.1.path': '1' is not an index of a list of 1"),
+    ("data.first.path", r"'first' is not an index of a list of 1"),
+])
+def test_set_key_into_a_value_or_past_a_list_is_an_error_naming_the_key(key, message):
+    raw = {"model": {"pooling": "mean"}, "data": [{"path": "a.jsonl"}]}
+    with pytest.raises(ConfigError, match=message):
+        set_key(raw, key, 1)
+    assert raw == {"model": {"pooling": "mean"}, "data": [{"path": "a.jsonl"}]}
+
+
+def test_read_job_file_names_the_file_when_it_is_not_a_job(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=rf"{f}: top level must be a mapping, got list"):
+        read_job_file(f)
+    f.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{f}: not valid YAML"):
+        read_job_file(f)
+    f.write_text("")
+    assert read_job_file(f) == {}

@@ -25,7 +25,12 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ray import tune
 from ray.train import UserCallback
+from ray.util.queue import Queue
+
+from angle_ray.train.driver import run_training
+from angle_ray.tune.layout import Sweep, first_eval_step
 
 STATE = "pbt_state.json"
 MODEL = "model"
@@ -54,8 +59,6 @@ def warm_start(run_dir: Path) -> dict | None:
     """The Tune checkpoint this trial was (re)started from, unpacked into its new run folder
     (`init_model/`, and `warm_start.json` saying whose weights at which step):
     {"model": folder, "step": donor step, "from_trial": donor}; None on a trial's first start."""
-    from ray import tune
-
     ckpt = tune.get_checkpoint()
     if ckpt is None:
         return None
@@ -77,8 +80,6 @@ def next_run_name(trials_dir: Path, trial_id: str) -> str:
 
 def report_with_checkpoints(reports, training: threading.Thread, errors: list, trial_id: str) -> None:
     """In the Tune function's thread: forward the queued reports until the training thread ends."""
-    from ray import tune
-
     while True:
         try:
             item = reports.get(timeout=1.0)
@@ -100,21 +101,17 @@ def report_with_checkpoints(reports, training: threading.Thread, errors: list, t
         raise errors[0]
 
 
-def run_pbt_trial(sweep, values: dict, trial_id: str) -> None:
+def run_pbt_trial(sweep: Sweep, values: dict, trial_id: str) -> None:
     """One PBT trial: warm start from the checkpoint Tune hands over, train the steps left."""
-    from ray.util.queue import Queue
-
-    from angle_ray.train.driver import run_training
-    from angle_ray.tune.sweep import TRIALS_DIR, first_eval_step
-
-    trials_dir = sweep.folder / TRIALS_DIR
+    trials_dir = sweep.trials_dir
     cfg = sweep.trial_job(values, name=trial_id)
     if cfg.train.max_steps is None:
         raise ValueError("PBT trials need train.max_steps (steps count on across generations)")
     every = first_eval_step(cfg)
     train = {"checkpoint_every": every, "eval_every": every}
     start = None
-    if _has_checkpoint():  # exploited (or retried, or resumed): continue from those weights
+    # exploited (or retried, or resumed): continue from the weights Tune hands over
+    if tune.get_checkpoint() is not None:
         train["name"] = next_run_name(trials_dir, trial_id)
         start = warm_start(trials_dir / train["name"])
         train["max_steps"] = max(1, cfg.train.max_steps - start["step"])
@@ -137,9 +134,3 @@ def run_pbt_trial(sweep, values: dict, trial_id: str) -> None:
         report_with_checkpoints(reports, training, errors, trial_id)
     finally:
         reports.shutdown()
-
-
-def _has_checkpoint() -> bool:
-    from ray import tune
-
-    return tune.get_checkpoint() is not None

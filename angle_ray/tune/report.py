@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune import ExperimentAnalysis
+
 from angle_ray.config import dump_config
+from angle_ray.tune.layout import Sweep
 from angle_ray.tune.space import Param, with_values
 
 BEST_RUN_NAME = "best"
@@ -112,14 +115,10 @@ def tune_curve(df, metric: str) -> list[tuple[int, float]]:
     return sorted(pts.items())
 
 
-def collect(sweep) -> list[TrialRow]:
+def collect(sweep: Sweep) -> list[TrialRow]:
     """One row per trial Tune knows of, from its experiment state and the trial's run folder."""
-    from ray.tune import ExperimentAnalysis
-
-    from angle_ray.tune.sweep import TRIALS_DIR, TUNE_DIR
-
     spec = sweep.spec
-    analysis = ExperimentAnalysis(str(sweep.folder / TUNE_DIR))
+    analysis = ExperimentAnalysis(str(sweep.tune_dir))
     frames = analysis.trial_dataframes
     base = sweep.base_values() if spec.include_base else None
     rows = []
@@ -136,7 +135,7 @@ def collect(sweep) -> list[TrialRow]:
         else:
             status = "completed"
         values = spec.decode(trial.config)
-        run_dir = sweep.folder / TRIALS_DIR / trial.trial_id
+        run_dir = sweep.trials_dir / trial.trial_id
         rows.append(TrialRow(
             trial_id=trial.trial_id, status=status, step=step, total_steps=total,
             metric=_float(last.get(spec.metric)), values=values,
@@ -215,6 +214,7 @@ def _position(p: Param, value) -> float:
 
 
 def write_plots(report: Report, params: list[Param]) -> dict[str, Path]:
+    # lazy: pyplot takes seconds to import, and the Agg backend must be chosen before it
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,7 +275,7 @@ def write_plots(report: Report, params: list[Param]) -> dict[str, Path]:
     return files
 
 
-def write_best_config(sweep, best: TrialRow) -> Path:
+def write_best_config(sweep: Sweep, best: TrialRow) -> Path:
     """The best trial's full job with its own run name and storage (the sweep folder)."""
     cfg = with_values(sweep.job, best.values, sweep.spec.source)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
@@ -292,7 +292,7 @@ def write_best_config(sweep, best: TrialRow) -> Path:
     return path
 
 
-def write_report(sweep) -> Report:
+def write_report(sweep: Sweep) -> Report:
     spec = sweep.spec
     rows = rank(collect(sweep), spec.mode)
     base = next((r for r in rows if r.is_base), None)

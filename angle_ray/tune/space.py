@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from angle_ray.config import ConfigError, config_from_dict
+from angle_ray.config import ConfigError, config_from_dict, set_key
 from angle_ray.errors import UserError
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -322,44 +322,6 @@ def load_space(path: str | Path) -> SweepSpec:
 
 
 # --- applying values to a job
-
-
-def set_key(raw: dict, key: str, value: Any) -> dict:
-    """Set `a.b.c` (list indices allowed: `data.0.path`) in a nested job dict, in place."""
-    parts = key.split(".")
-    node: Any = raw
-    for part in parts[:-1]:
-        if isinstance(node, list):
-            node = node[_index(node, part, key)]
-            continue
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-    if isinstance(node, list):
-        node[_index(node, parts[-1], key)] = value
-    elif isinstance(node, dict):
-        node[parts[-1]] = value
-    else:
-        raise ConfigError(f"{key!r}: {'.'.join(parts[:-1])} is a value, not a section")
-    return raw
-
-
-def get_key(raw: dict, key: str, default=None):
-    node: Any = raw
-    for part in key.split("."):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return default
-    return node
-
-
-def _index(node: list, part: str, key: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"{key!r}: {part!r} is not an index of a list of {len(node)}")
-    return int(part)
 
 
 def with_values(raw: dict, values: dict[str, Any], source: str = "<sweep>"):

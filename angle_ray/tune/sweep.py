@@ -1,79 +1,38 @@
-"""A Ray Tune sweep over the training driver: each trial is a full distributed training run.
+"""A Ray Tune sweep over the training driver: plan it, run (or resume) it, write its report.
 
     angle-ray sweep --space tune_spaces/stsb_loss_weights.yaml train.max_steps=200
     angle-ray sweep --config jobs/configs/quickstart.yaml --space tune_spaces/stsb_loss_weights.yaml
 
-Ray 2.60 cannot tune a TorchTrainer directly (`Tuner(trainer)` fails), so the Tune trainable
-is a function that builds and fits the trainer through `run_training` and passes a
-`TuneReportCallback`: the Train controller forwards each dev evaluation to Tune, where ASHA
-(or PBT) compares trials. The function itself reserves almost no CPU; its workers ask for
-their own (`train.num_workers` x `train.cpus_per_worker`).
-
-The sweep folder holds everything: `sweep.json` (the space and base job it was started with),
-`tune/` (Tune's experiment state, so an interrupted sweep resumes), `trials/<trial id>/` (each
-trial's Train run folder) and the report (`results.csv`, `results.md`, `plots/`, `best.yaml`).
-Running the same command again resumes an unfinished sweep: finished trials are kept, running
-ones restart from their last Train checkpoint (a trial's run folder is named after its id).
+Each trial is a full distributed training run (`tune/trial.py`; PBT trials: `tune/pbt.py`); the
+sweep folder's layout is in `tune/layout.py`, the report in `tune/report.py`. Running the same
+command again resumes an unfinished sweep: finished trials are kept, running ones restart from
+their last Train checkpoint (a trial's run folder is named after its id).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from angle_ray.config import ConfigError, JobConfig, apply_overrides, config_from_dict
+from angle_ray.config import apply_overrides, config_from_dict, read_job_file, set_key
+from angle_ray.train.driver import init_ray
+from angle_ray.tune.layout import STATE_FILE, TUNE_DIR, Sweep, first_eval_step
+from angle_ray.tune.report import Report, write_report
 from angle_ray.tune.space import (
     SpaceError,
     SweepSpec,
     check_combinations,
     check_overrides,
     check_params,
-    get_key,
     load_space,
-    set_key,
-    with_values,
 )
-
-STATE_FILE = "sweep.json"
-TUNE_DIR = "tune"
-TRIALS_DIR = "trials"
-
-
-@dataclass
-class Sweep:
-    """A checked sweep: its space, the base job (overrides applied) and its folder."""
-
-    spec: SweepSpec
-    job: dict  # JSON-able job dict every trial starts from
-    folder: Path
-
-    @property
-    def base(self) -> JobConfig:
-        return config_from_dict(copy.deepcopy(self.job), self.spec.source)
-
-    def base_values(self) -> dict[str, Any]:
-        """The base job's values of the searched keys (schema defaults included)."""
-        dumped = self.base.model_dump(mode="json")
-        return {p.key: get_key(dumped, p.key) for p in self.spec.params}
-
-    def trial_job(self, values: dict[str, Any], name: str) -> JobConfig:
-        """The job of one trial: base + searched values, its own run folder, no extra exports."""
-        cfg = with_values(self.job, values, self.spec.source)
-        train = cfg.train.model_copy(update={"name": name,
-                                             "storage_path": str(self.folder / TRIALS_DIR)})
-        export = cfg.export.model_copy(update={"output_dir": None, "sentence_transformers": False})
-        return cfg.model_copy(update={"train": train, "export": export})
-
-    def state(self) -> dict:
-        return {"spec": json.loads(json.dumps(asdict(self.spec))), "job": self.job}
+from angle_ray.tune.trial import trainable, trial_dirname
 
 
 def _resolve_config_path(spec: SweepSpec, config: str | None) -> Path:
@@ -101,6 +60,33 @@ def plan_sweep(space: str | Path, config: str | None = None, overrides: list[str
     max_concurrent_trials, max_failures, search, metric, mode, seed, trial_cpus, scheduler.
     """
     spec = load_space(space)
+    _apply_flags(spec, flags)
+    check_combinations(spec)
+    path = _resolve_config_path(spec, config)
+    raw = read_job_file(path)
+    config_from_dict(copy.deepcopy(raw), str(path))  # the base job itself must be valid
+    check_overrides(spec, raw)
+    for key, value in spec.overrides.items():
+        set_key(raw, key, value)
+    raw = apply_overrides(raw, overrides or [])
+    base = config_from_dict(copy.deepcopy(raw), f"{path} with overrides")
+    searched = {p.key for p in spec.params}
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        if key in searched:
+            raise SpaceError(f"{spec.source}: params.{key}: "
+                             f"searched by the space, so it cannot also be overridden ({item})")
+    check_params(spec, raw)
+    if spec.num_samples < 1 or spec.max_concurrent_trials < 1:
+        raise SpaceError(f"{spec.source}: num_samples and max_concurrent_trials must be >= 1")
+    folder = Path(output) if output else (
+        Path(base.train.storage_path).expanduser() / "sweeps" / spec.name)
+    sweep = Sweep(spec=spec, job=json.loads(json.dumps(raw)), folder=folder.resolve())
+    _check_fits_the_job(sweep, path)
+    return sweep
+
+
+def _apply_flags(spec: SweepSpec, flags: dict) -> None:
     for key, value in flags.items():
         if value is None:
             continue
@@ -110,120 +96,29 @@ def plan_sweep(space: str | Path, config: str | None = None, overrides: list[str
             spec.scheduler.type = value
         else:
             setattr(spec, key, value)
-    check_combinations(spec)
-    path = _resolve_config_path(spec, config)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    config_from_dict(copy.deepcopy(raw), str(path))  # the base job itself must be valid
-    check_overrides(spec, raw)
-    for key, value in spec.overrides.items():
-        set_key(raw, key, value)
-    raw = apply_overrides(raw, overrides or [])
-    base = config_from_dict(copy.deepcopy(raw), f"{path} with overrides")
-    searched = {p.key for p in spec.params}
-    for item in overrides or []:
-        if item.split("=", 1)[0].strip() in searched:
-            raise SpaceError(f"{spec.source}: params.{item.split('=', 1)[0].strip()}: "
-                             f"searched by the space, so it cannot also be overridden ({item})")
-    check_params(spec, raw)
+
+
+def _check_fits_the_job(sweep: Sweep, path: Path) -> None:
+    """What the space asks of its (overridden) base job: a dev set, max_steps for PBT, ..."""
+    spec, base = sweep.spec, sweep.base
     if spec.metric == "dev_metric" and base.eval.dev is None and base.eval.retrieval_dev is None:
         raise SpaceError(f"{spec.source}: metric: dev_metric is reported only when the job has "
                          f"eval.dev or eval.retrieval_dev; {path} has neither")
-    if spec.num_samples < 1 or spec.max_concurrent_trials < 1:
-        raise SpaceError(f"{spec.source}: num_samples and max_concurrent_trials must be >= 1")
-    folder = Path(output) if output else (
-        Path(base.train.storage_path).expanduser() / "sweeps" / spec.name)
-    sweep = Sweep(spec=spec, job=json.loads(json.dumps(raw)), folder=folder.resolve())
     if spec.scheduler.type == "pbt" and (base.train.max_steps is None or base.model.lora.enabled):
         raise SpaceError(f"{spec.source}: scheduler: pbt hands full model weights between trials "
                          "and counts steps across them: it needs train.max_steps and no LoRA")
     if spec.include_base and spec.search == "optuna":
+        base_values = sweep.base_values()
         for p in spec.params:
-            if p.dist in ("choice", "grid") and sweep.base_values()[p.key] not in p.values:
+            if p.dist in ("choice", "grid") and base_values[p.key] not in p.values:
                 raise SpaceError(f"{spec.source}: params.{p.key}: include_base with optuna needs "
-                                 f"the base value {sweep.base_values()[p.key]!r} among the choices")
-    return sweep
-
-
-# --- inside a trial
-
-
-class MetricReportCallback(TuneReportCallback):
-    """Forwards to Tune only the reports that carry the sweep's metric.
-
-    The loop reports loss every `log_every` steps and the dev metric at evaluations; Tune
-    requires the metric in every result, and the schedulers compare trials only on it.
-    """
-
-    def __init__(self, metric: str):
-        super().__init__()
-        self.metric = metric
-
-    def after_report(self, run_context, metrics, checkpoint):
-        value = (metrics[0] if metrics else {}).get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            super().after_report(run_context, metrics, checkpoint)
-
-
-def name_this_cluster_for_train() -> None:
-    """Give the Train controller (and the actors it starts) this cluster's address.
-
-    A scheduler stops a trial by ending its process, which takes the Train controller with it;
-    Train's placement-group cleaner then frees the worker group's CPUs, finding the controller
-    through the state API. Without an address that lookup scans the host for Ray instances and
-    fails when there are several (a shared machine, or a test session beside a sweep): the
-    cleaner gives up, the stopped trial's CPUs stay reserved and later trials wait forever.
-    Ray Train passes its listed environment variables on to the controller; RAY_ADDRESS joins them.
-    """
-    import ray
-    from ray.train.v2._internal import constants
-
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
-    constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
-
-
-def run_trial(config: dict, sweep: Sweep) -> None:
-    """The Tune trainable: one full training run with the trial's values.
-
-    The run folder is `trials/<trial id>`: a retried or resumed trial continues from its last
-    Train checkpoint instead of starting over.
-    """
-    from ray import tune
-
-    from angle_ray.train.driver import run_training
-
-    name_this_cluster_for_train()
-    trial_id = tune.get_context().get_trial_id()
-    values = sweep.spec.decode(config)
-    if sweep.spec.scheduler.type == "pbt":
-        from angle_ray.tune.pbt import run_pbt_trial
-
-        run_pbt_trial(sweep, values, trial_id)
-        return
-    run_training(sweep.trial_job(values, name=trial_id),
-                 callbacks=[MetricReportCallback(sweep.spec.metric)])
-
-
-def _trial_dirname(trial) -> str:
-    return trial.trial_id
+                                 f"the base value {base_values[p.key]!r} among the choices")
 
 
 # --- the Tuner
 
 
-def first_eval_step(cfg: JobConfig) -> int:
-    t = cfg.train
-    step = t.eval_every or t.checkpoint_every
-    return min(step, t.max_steps) if t.max_steps else step
-
-
 def make_scheduler(sweep: Sweep):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-
     s, base = sweep.spec.scheduler, sweep.base
     if s.type == "fifo":
         return FIFOScheduler()
@@ -256,26 +151,16 @@ def make_searcher(sweep: Sweep):
         base = sweep.base_values()
         points = [{p.key: p.encode(base[p.key]) for p in spec.params}]
     if spec.search == "optuna":
+        # lazy: Optuna (and its SQLAlchemy) load only for sweeps that search with it
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(points_to_evaluate=points, seed=spec.seed)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     # a SearchGenerator: Tune ignores TuneConfig.max_concurrent_trials for it
     return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.seed,
                                  max_concurrent=spec.max_concurrent_trials)
 
 
-def trainable(sweep: Sweep):
-    from ray import tune
-
-    return tune.with_resources(tune.with_parameters(run_trial, sweep=sweep),
-                               sweep.spec.trial_resources)
-
-
-def build_tuner(sweep: Sweep):
-    from ray import tune
-
+def build_tuner(sweep: Sweep) -> tune.Tuner:
     spec = sweep.spec
     return tune.Tuner(
         trainable(sweep),
@@ -285,7 +170,7 @@ def build_tuner(sweep: Sweep):
             scheduler=make_scheduler(sweep), num_samples=spec.num_samples,
             # random search limits itself (BasicVariantGenerator); Tune wraps Optuna in a limiter
             max_concurrent_trials=spec.max_concurrent_trials if spec.search == "optuna" else None,
-            trial_dirname_creator=_trial_dirname),
+            trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=str(sweep.folder),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -294,8 +179,6 @@ def build_tuner(sweep: Sweep):
 
 
 def can_resume(folder: str | Path) -> bool:
-    from ray import tune
-
     return tune.Tuner.can_restore(str(Path(folder).resolve() / TUNE_DIR))
 
 
@@ -320,17 +203,12 @@ class SweepOutcome:
     folder: Path
     resumed: bool
     interrupted: bool
-    report: Any  # angle_ray.tune.report.Report
+    report: Report
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, resume: bool | None = None) -> SweepOutcome:
     """Run (or resume) the sweep, then write its report. `resume=None`: resume when the sweep
     folder holds an unfinished sweep; True: it must; False: refuse to touch an existing one."""
-    from ray import tune
-
-    from angle_ray.train.driver import init_ray
-    from angle_ray.tune.report import write_report
-
     folder = sweep.folder
     exists = can_resume(folder)
     if resume and not exists:
@@ -341,7 +219,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool | None = No
     if exists:
         _check_same_sweep(sweep)
         print(f"[angle-ray] resuming the sweep in {folder}", flush=True)
-        tuner = tune.Tuner.restore(str(folder / TUNE_DIR), trainable=trainable(sweep),
+        tuner = tune.Tuner.restore(str(sweep.tune_dir), trainable=trainable(sweep),
                                    resume_unfinished=True, resume_errored=False)
     else:
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from angle_ray.tune.layout import TRIALS_DIR
 from angle_ray.tune.pbt import STATE
-from angle_ray.tune.sweep import TRIALS_DIR, plan_sweep, run_sweep
+from angle_ray.tune.sweep import plan_sweep, run_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@ naming the space file and the key; values reach the trial's job as searched."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 import yaml
 
 from angle_ray.cli import main
+from angle_ray.tune.layout import STATE_FILE
 from angle_ray.tune.space import SpaceError, load_space, parse_space
-from angle_ray.tune.sweep import make_scheduler, make_searcher, plan_sweep
+from angle_ray.tune.sweep import _check_same_sweep, make_scheduler, make_searcher, plan_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 SPACES = sorted((REPO / "tune_spaces").glob("*.y*ml"))
@@ -259,10 +261,6 @@ def test_loguniform_samples_stay_in_bounds_and_spread_over_decades(tmp_path):
 
 def test_a_sweep_folder_started_from_another_space_is_not_resumed_with_this_one(tmp_path,
                                                                                   tiny_job_file):
-    import json
-
-    from angle_ray.tune.sweep import STATE_FILE, _check_same_sweep
-
     first = plan_sweep(_space(tmp_path, "params: {loss.ibn_w: {uniform: [0.0, 1.0]}}\n",
                               tiny_job_file), output=tmp_path / "sw")
     first.folder.mkdir()

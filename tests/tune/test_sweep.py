@@ -23,8 +23,9 @@ import yaml
 
 from angle_ray.config import load_config
 from angle_ray.train.driver import run_training
+from angle_ray.tune.layout import TRIALS_DIR
 from angle_ray.tune.report import read_curve
-from angle_ray.tune.sweep import TRIALS_DIR, can_resume, plan_sweep, run_sweep
+from angle_ray.tune.sweep import can_resume, plan_sweep, run_sweep
 
 pytestmark = pytest.mark.slow
 
