@@ -44,6 +44,13 @@ class LoraConfig(_Strict):
     target_modules: list[str] | None = None
 
 
+class BillmConfig(_Strict):
+    """BiLLM: a decoder LLM's attention made bidirectional from ``start_layer`` (0-based) on."""
+
+    enabled: bool = False
+    start_layer: int = Field(0, ge=0)  # layers below stay causal; checked against the model's depth
+
+
 class ModelConfig(_Strict):
     name_or_path: str = DEFAULT_MODEL
     pooling: Literal["cls", "cls_avg", "mean", "max", "last", "first_last_avg"] = "mean"
@@ -52,6 +59,13 @@ class ModelConfig(_Strict):
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
     lora: LoraConfig = LoraConfig()
+    billm: BillmConfig = BillmConfig()
+
+    @model_validator(mode="after")
+    def _billm_needs_llm(self) -> ModelConfig:
+        if self.billm.enabled and not self.is_llm:
+            raise ValueError("model.billm.enabled needs model.is_llm=true (BiLLM is for decoder LLMs)")
+        return self
 
     @model_validator(mode="after")
     def _llm_pools_last_token(self) -> ModelConfig:
@@ -94,6 +108,23 @@ class DatasetConfig(_Strict):
         return v
 
 
+class TeacherConfig(_Strict):
+    """A frozen teacher the student is aligned with; the student's own path = self-distillation."""
+
+    path: str
+    pooling: Literal["cls", "cls_avg", "mean", "max", "last", "first_last_avg"] | None = None  # None: the teacher folder's own (else the loader's default)
+    weight: float = Field(1.0, gt=0)
+    kind: Literal["kl", "mse"] = "kl"  # KL(softmax(teacher) || softmax(student)), or MSE
+
+
+class EseConfig(_Strict):
+    """Espresso sentence embeddings: shallow layers and a k-dim prefix trained to work alone."""
+
+    enabled: bool = False
+    compression_size: int = Field(128, gt=0)  # k; must be below the model's hidden size
+    kl_temperature: float = Field(1.0, gt=0)
+
+
 class LossConfig(_Strict):
     """AnglE loss weights and scales (defaults from the AnglE reference library)."""
 
@@ -110,6 +141,15 @@ class LossConfig(_Strict):
     matryoshka_weights: list[float] | None = None
     margin_w: float = Field(0.0, ge=0)
     margin: float = Field(0.1, ge=0)
+    teacher: TeacherConfig | None = None  # distillation from a frozen teacher (None = off)
+    ese: EseConfig = EseConfig()
+
+
+class GradCacheConfig(_Strict):
+    """GradCache: embed the batch in mini-batches without a graph, then replay each with it."""
+
+    enabled: bool = False
+    mini_batch_size: int = Field(32, ge=1)  # rows per forward pass (per role, per worker)
 
 
 class TrainConfig(_Strict):
@@ -143,6 +183,7 @@ class TrainConfig(_Strict):
     # batches cut from sorted mega-batches of this many batches (less padding); 1 = off
     group_by_length: int = Field(8, ge=1)
     torch_threads: int | None = Field(None, ge=1)  # None: node cores / workers on the node
+    grad_cache: GradCacheConfig = GradCacheConfig()
 
 
 class RetrievalDevConfig(_Strict):
@@ -263,6 +304,13 @@ class JobConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     mining: MiningConfig | None = None  # hard negatives: static warm start, ANCE refresh
+
+    @model_validator(mode="after")
+    def _ese_without_grad_cache(self) -> JobConfig:
+        # ESE needs every layer's embeddings with their graph; GradCache keeps only the last layer's
+        if self.loss.ese.enabled and self.train.grad_cache.enabled:
+            raise ValueError("loss.ese.enabled and train.grad_cache.enabled cannot be combined")
+        return self
 
 
 def _parse_scalar(text: str) -> Any:
