@@ -214,6 +214,7 @@ def _position(p: Param, value) -> float:
 
 
 def write_plots(report: Report, params: list[Param]) -> dict[str, Path]:
+    """`plots/<metric>_vs_<key>.png` per searched key and `plots/<metric>_curves.png`."""
     # lazy: pyplot takes seconds to import, and the Agg backend must be chosen before it
     import matplotlib
 
@@ -222,40 +223,53 @@ def write_plots(report: Report, params: list[Param]) -> dict[str, Path]:
 
     out_dir = report.folder / "plots"
     out_dir.mkdir(exist_ok=True)
-    m, files = report.metric, {}
-    scored = [r for r in report.rows if math.isfinite(r.metric)]
+    figures = {}
     for p in params:
         fig, ax = plt.subplots(figsize=(6, 4))
-        if p.numeric and not p.encoded:
-            values = [float(v) for v in p.values]
-            if p.log or (min(values) > 0 and max(values) / min(values) >= 100):
-                ax.set_xscale("log")
-        else:
-            cats = [_fmt(v) for v in p.values]
-            ax.set_xticks(range(len(cats)), cats)
-
-        def xs_of(rows, p=p):
-            return [_position(p, r.values[p.key]) for r in rows]
-
-        for status, (marker, color) in STYLE.items():
-            rows = [r for r in scored if r.status == status]
-            if rows:
-                ax.scatter(xs_of(rows), [r.metric for r in rows], marker=marker, color=color,
-                           label=status, s=40)
-        for r, label, marker in ((report.best, "best", "*"), (report.base, "base config", "D")):
-            if r is not None and math.isfinite(r.metric):
-                ax.scatter(xs_of([r]), [r.metric], marker=marker, s=160, facecolors="none",
-                           edgecolors="black", label=label)
-        ax.set_xlabel(p.key)
-        ax.set_ylabel(f"{m} (last report)")
-        ax.set_title(f"{m} against {p.key}")
-        ax.legend(fontsize=8)
+        _plot_against_param(ax, report, p)
+        figures[p.key] = (fig, out_dir / f"{report.metric}_vs_{p.key}.png")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    _plot_curves(ax, report)
+    figures["curves"] = (fig, out_dir / f"{report.metric}_curves.png")
+    for fig, path in figures.values():
         fig.tight_layout()
-        path = out_dir / f"{m}_vs_{p.key}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
-        files[p.key] = path
-    fig, ax = plt.subplots(figsize=(8, 5))
+    return {key: path for key, (_, path) in figures.items()}
+
+
+def _plot_against_param(ax, report: Report, p: Param) -> None:
+    """Each trial's last metric against its value of `p`, marked by status; best and base ringed."""
+    m = report.metric
+    if p.numeric and not p.encoded:
+        values = [float(v) for v in p.values]
+        if p.log or (min(values) > 0 and max(values) / min(values) >= 100):
+            ax.set_xscale("log")
+    else:
+        cats = [_fmt(v) for v in p.values]
+        ax.set_xticks(range(len(cats)), cats)
+
+    def xs_of(rows):
+        return [_position(p, r.values[p.key]) for r in rows]
+
+    scored = [r for r in report.rows if math.isfinite(r.metric)]
+    for status, (marker, color) in STYLE.items():
+        rows = [r for r in scored if r.status == status]
+        if rows:
+            ax.scatter(xs_of(rows), [r.metric for r in rows], marker=marker, color=color,
+                       label=status, s=40)
+    for r, label, marker in ((report.best, "best", "*"), (report.base, "base config", "D")):
+        if r is not None and math.isfinite(r.metric):
+            ax.scatter(xs_of([r]), [r.metric], marker=marker, s=160, facecolors="none",
+                       edgecolors="black", label=label)
+    ax.set_xlabel(p.key)
+    ax.set_ylabel(f"{m} (last report)")
+    ax.set_title(f"{m} against {p.key}")
+    ax.legend(fontsize=8)
+
+
+def _plot_curves(ax, report: Report) -> None:
+    """The metric of every trial against the step; the best thick, stopped trials dashed."""
     for r in report.rows:
         if not r.curve:
             continue
@@ -264,15 +278,9 @@ def write_plots(report: Report, params: list[Param]) -> dict[str, Path]:
         ax.plot(xs, ys, marker=".", label=label, linewidth=2.5 if r is report.best else 1.0,
                 linestyle="--" if r.status == "stopped" else "-")
     ax.set_xlabel("step")
-    ax.set_ylabel(m)
-    ax.set_title(f"{m} of every trial (dashed: stopped early)")
+    ax.set_ylabel(report.metric)
+    ax.set_title(f"{report.metric} of every trial (dashed: stopped early)")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = out_dir / f"{m}_curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    files["curves"] = path
-    return files
 
 
 def write_best_config(sweep: Sweep, best: TrialRow) -> Path:
