@@ -19,7 +19,7 @@ import yaml
 
 from angle_ray.config import JobConfig, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 CONFIGS = sorted((JOBS / "configs").glob("*.yaml"))
 ENTRYPOINTS = {"train.py": "train", "eval.py": "eval", "export.py": "export"}
