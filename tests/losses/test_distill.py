@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from angle_ray.config import ConfigError, DEFAULT_MODEL, ModelConfig, TeacherConfig
+from angle_ray.config import DEFAULT_MODEL, ConfigError, ModelConfig, TeacherConfig
 from angle_ray.losses.distill import (
     Teacher,
     build_teacher,
