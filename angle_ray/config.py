@@ -112,7 +112,8 @@ class TeacherConfig(_Strict):
     """A frozen teacher the student is aligned with; the student's own path = self-distillation."""
 
     path: str
-    pooling: Literal["cls", "cls_avg", "mean", "max", "last", "first_last_avg"] | None = None  # None: the teacher folder's own (else the loader's default)
+    # None: the student's pooling
+    pooling: Literal["cls", "cls_avg", "mean", "max", "last", "first_last_avg"] | None = None
     weight: float = Field(1.0, gt=0)
     kind: Literal["kl", "mse"] = "kl"  # KL(softmax(teacher) || softmax(student)), or MSE
 
