@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from angle_ray.config import ModelConfig, PoolConfig, config_from_dict
 from angle_ray.mining.encoder_pool import encode_with_pool, load_encoder
@@ -29,6 +30,7 @@ def _alive_encoders():
             if "TextEncoder" in a.class_name]
 
 
+@pytest.mark.slow  # a Ray Data encoder actor pool
 def test_a_killed_encoder_actor_is_replaced_and_the_refresh_completes(ray_local, data_dir):
     docs = [json.loads(line) for line in gzip.open(data_dir / "scifact" / "corpus.jsonl.gz", "rt")]
     texts = [f"{d['title']} {d['text']}" for d in docs[:800]]
@@ -74,6 +76,7 @@ def _refresher(tmp_path: Path, beir: Path) -> tuple[Refresher, Path]:
     return Refresher(job.model_dump_json(), str(tmp_path), str(neg_dir)), neg_dir
 
 
+@pytest.mark.slow  # a Ray Data encoder actor pool
 def test_a_failed_refresh_keeps_the_previous_version_and_publishes_nothing_partial(
         ray_local, tmp_path, mini_scifact, minilm_small):
     refresher, neg_dir = _refresher(tmp_path, mini_scifact)
@@ -107,6 +110,7 @@ def test_refresh_cadence():
     assert due(1, 0, every.mining) and not due(5, 5, every.mining)
 
 
+@pytest.mark.slow  # a Ray Data encoder actor pool
 def test_the_pool_runs_with_what_fits_below_its_maximum(ray_local, data_dir):
     # 2 CPUs in the test cluster: a second 1.5-CPU actor never fits, the refresh goes on with one
     texts = [t for t in load_mining_task(config_from_dict(

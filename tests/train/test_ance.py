@@ -4,10 +4,14 @@ checkpoints (real MiniLM, real SciFact slice, real FAISS, real encoder actor poo
 import json
 from pathlib import Path
 
+import pytest
+
 from angle_ray.config import config_from_dict
 from angle_ray.mining.publish import list_versions, read_version
 from angle_ray.train.driver import run_training
 from tests.train.conftest import read_metrics
+
+pytestmark = pytest.mark.slow  # Ray Train + an encoder actor pool
 
 
 def ance_job(tmp_path, beir: Path, **mining):
