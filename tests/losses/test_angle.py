@@ -60,22 +60,3 @@ def test_angle_loss_matches_hand_value():
 def test_angle_loss_rejects_odd_dimension():
     with pytest.raises(ValueError, match="even embedding size.*got 3"):
         AngleDifferenceLoss()(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0.0, 1.0]))
-
-
-def test_angle_loss_is_invariant_to_embedding_scale():
-    g = torch.Generator().manual_seed(1)
-    u, v = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
-    labels = torch.tensor([0.0, 0.3, 0.6, 1.0])
-    loss_fn = AngleDifferenceLoss()
-    assert loss_fn(3 * u, 3 * v, labels).item() == pytest.approx(
-        loss_fn(u, v, labels).item(), rel=1e-5
-    )
-
-
-def test_angle_loss_gradient_reaches_both_inputs():
-    g = torch.Generator().manual_seed(2)
-    u = torch.randn(3, 4, generator=g, requires_grad=True)
-    v = torch.randn(3, 4, generator=g, requires_grad=True)
-    AngleDifferenceLoss()(u, v, torch.tensor([0.0, 0.5, 1.0])).backward()
-    assert u.grad is not None and u.grad.abs().sum() > 0
-    assert v.grad is not None and v.grad.abs().sum() > 0

@@ -70,16 +70,6 @@ def test_cosine_loss_matches_hand_value():
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_cosine_loss_is_invariant_to_embedding_scale():
-    g = torch.Generator().manual_seed(0)
-    u, v = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
-    labels = torch.tensor([0.1, 0.9, 0.4, 0.4, 0.7])
-    loss_fn = CosineLoss()
-    assert loss_fn(3 * u, 3 * v, labels).item() == pytest.approx(
-        loss_fn(u, v, labels).item(), rel=1e-5
-    )
-
-
 def test_cosine_loss_is_invariant_to_batch_permutation():
     g = torch.Generator().manual_seed(1)
     u, v = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
@@ -89,15 +79,6 @@ def test_cosine_loss_is_invariant_to_batch_permutation():
     assert loss_fn(u[perm], v[perm], labels[perm]).item() == pytest.approx(
         loss_fn(u, v, labels).item(), rel=1e-5
     )
-
-
-def test_cosine_loss_gradient_reaches_both_inputs():
-    g = torch.Generator().manual_seed(2)
-    u = torch.randn(3, 4, generator=g, requires_grad=True)
-    v = torch.randn(3, 4, generator=g, requires_grad=True)
-    CosineLoss()(u, v, torch.tensor([0.0, 0.5, 1.0])).backward()
-    assert u.grad is not None and u.grad.abs().sum() > 0
-    assert v.grad is not None and v.grad.abs().sum() > 0
 
 
 def test_cosine_loss_rejects_mismatched_shapes():
