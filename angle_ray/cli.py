@@ -6,6 +6,9 @@
     angle-ray mine   --config JOB.yaml --output negatives.jsonl [--model PATH]
     angle-ray qa-hard --config jobs/configs/qa_hard.yaml [--qa FILE | --from-beir DIR] --loss cln
     angle-ray sweep  --space tune_spaces/stsb_loss_weights.yaml [--config JOB.yaml] [key=value ...]
+
+A mistake in what was given (a config key, a data row, a model path, a task name) prints one
+`error: ...` line and exits with code 2; `angle-ray --debug ...` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,51 +16,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
+from angle_ray import __version__
+from angle_ray.config import ConfigError, JobConfig, ModelConfig, load_config
+from angle_ray.data.location import expand_path
+from angle_ray.errors import UserError
+from angle_ray.eval.tasks import default_data_dir, resolve_tasks
 
-def load_any_model(path: str, pooling: str | None = None, max_length: int | None = None,
-                   is_llm: bool = False, dtype: str = "fp32"):
-    """An angle-ray model folder (has angle_ray.json) as saved, or any HF encoder by path / id."""
-    from angle_ray.config import ModelConfig
-    from angle_ray.models.backbone import build_model, load_embedding_model
+# The command functions import what pulls in torch, Ray or pyarrow (models, eval runner, training
+# driver, mining, workflows, sweeps) when they run, so `angle-ray --help` and argument errors
+# answer in about a second.
 
-    if (Path(path) / "angle_ray.json").is_file():
-        model = load_embedding_model(path)
-        if pooling and pooling != model.cfg.pooling:
-            raise SystemExit(f"{path} was trained with pooling {model.cfg.pooling!r}; "
-                             f"drop --pooling or pass that value")
-        return model
-    cfg = ModelConfig(name_or_path=path, pooling=pooling or ("last" if is_llm else "mean"),
-                      is_llm=is_llm, dtype=dtype, **({"max_length": max_length} if max_length else {}))
-    return build_model(cfg)
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="all-MiniLM-L6-v2",
-                   help="angle-ray model folder, HF folder or hub id (default: all-MiniLM-L6-v2, offline)")
-    p.add_argument("--pooling", default=None,
-                   choices=["cls", "cls_avg", "mean", "max", "last", "first_last_avg"])
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--is-llm", action="store_true", help="causal LM backbone (last-token pooling)")
+USER_ERROR_EXIT = 2  # as argparse's own usage errors
+RAY_ADDRESS_HELP = "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
+DTYPE_HELP = "inference precision: fp32, or bf16 autocast (default: fp32)"
+POOLINGS = get_args(ModelConfig.model_fields["pooling"].annotation)  # without importing torch
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from angle_ray.eval.runner import markdown_table, run_tasks, write_json
-    from angle_ray.eval.tasks import TaskError, default_data_dir, resolve_tasks
+    from angle_ray.models.loader import load_model
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    try:
-        resolve_tasks(args.tasks, data_dir)  # fail on unknown names before loading a model
-    except TaskError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    model = load_any_model(args.model, args.pooling, args.max_length, args.is_llm, args.dtype)
-    try:
-        results = run_tasks(model, args.tasks, data_dir, batch_size=args.batch_size, dtype=args.dtype)
-    except TaskError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    resolve_tasks(args.tasks, data_dir)  # fail on unknown names before loading a model
+    model = load_model(args.model, pooling=args.pooling, max_length=args.max_length,
+                       is_llm=args.is_llm, dtype=args.dtype)
+    results = run_tasks(model, args.tasks, data_dir, batch_size=args.batch_size, dtype=args.dtype)
     print(markdown_table(results))
     out = args.output or "eval_results.json"
     write_json(results, out, args.model)
@@ -67,8 +54,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from angle_ray.models.export import export_hf, export_sentence_transformers
+    from angle_ray.models.loader import load_model
 
-    model = load_any_model(args.model, args.pooling, args.max_length, args.is_llm)
+    model = load_model(args.model, pooling=args.pooling, max_length=args.max_length,
+                       is_llm=args.is_llm)
     out = Path(args.output)
     export_hf(model, out / "hf")
     print(f"wrote HF model folder {out / 'hf'}")
@@ -79,17 +68,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from angle_ray.config import ConfigError, load_config
     from angle_ray.train.driver import run_training
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    before = None
-    if args.eval_tasks:
-        before = _eval_quietly(cfg.model.name_or_path, cfg, args.eval_tasks)
+    cfg = load_config(args.config, args.overrides)
+    before = _eval_quietly(cfg.model.name_or_path, cfg, args.eval_tasks) if args.eval_tasks else None
     run = run_training(cfg, address=args.address)
     print(f"[angle-ray] run folder: {run.run_dir}")
     if args.eval_tasks and run.model_dir is not None:
@@ -101,49 +83,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_quietly(model_path: str, cfg, tasks: str) -> dict[str, float]:
+def _eval_quietly(model_path: str, cfg: JobConfig, tasks: str) -> dict[str, float]:
+    """Headline figures of the job's starting model (built as the job builds it) or its result."""
     from angle_ray.eval.runner import headline, run_tasks
+    from angle_ray.models.loader import load_model
 
-    model = load_any_model(model_path, cfg.model.pooling if model_path == cfg.model.name_or_path
-                           else None, cfg.model.max_length, cfg.model.is_llm)
-    results = run_tasks(model, tasks)
+    results = run_tasks(load_model(model_path, base=cfg.model), tasks)
     return {t: headline(t, m) for t, m in results["tasks"].items()}
 
 
 def cmd_qa_hard(args: argparse.Namespace) -> int:
     """Evaluate on QA rows, train on the ones the model gets wrong, evaluate again (a table)."""
-    from angle_ray.config import ConfigError, load_config
-    from angle_ray.data.errors import DataError
-    from angle_ray.data.location import expand_path
     from angle_ray.data.qa import read_qa, write_qa
-    from angle_ray.mining.qa_hard import is_beir_folder, make_qa_from_beir, markdown_table, run_qa_hard
     from angle_ray.train.driver import run_dir_of
+    from angle_ray.workflows.qa_hard import (
+        is_beir_folder,
+        make_qa_from_beir,
+        markdown_table,
+        run_qa_hard,
+    )
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
     source = args.qa or args.from_beir or (cfg.data[0].path if cfg.data else None)
     if source is None:
-        print("error: give --qa FILE or --from-beir DIR (or a `data:` entry naming one)", file=sys.stderr)
-        return 2
-    try:
-        path = expand_path(source)
-        if args.from_beir or (not args.qa and is_beir_folder(path)):
-            print(f"[angle-ray] qa-hard: building QA rows from {path} ({args.candidates} BM25 "
-                  "candidates per question)", flush=True)
-            rows = make_qa_from_beir(path, args.candidates, seed=args.seed,
-                                     max_questions=args.max_questions)
-            print(f"[angle-ray] qa-hard: wrote {write_qa(rows, run_dir_of(cfg) / 'qa.jsonl')}", flush=True)
-        else:
-            mapping = cfg.data[0].column_rename_mapping if cfg.data else {}  # data.0 renames
-            rows = read_qa(path, mapping)[: args.max_questions]
-        result = run_qa_hard(cfg, rows, top_k=args.top_k, loss=args.loss, max_negatives=args.negatives,
-                             eval_fraction=args.eval_fraction, seed=args.seed, address=args.address)
-    except (FileNotFoundError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{args.config}: give --qa FILE or --from-beir DIR (or a `data:` entry "
+                          "naming one)")
+    path = expand_path(source)
+    if args.from_beir or (not args.qa and is_beir_folder(path)):
+        print(f"[angle-ray] qa-hard: building QA rows from {path} ({args.candidates} BM25 "
+              "candidates per question)", flush=True)
+        rows = make_qa_from_beir(path, args.candidates, seed=args.seed, max_questions=args.max_questions)
+        print(f"[angle-ray] qa-hard: wrote {write_qa(rows, run_dir_of(cfg) / 'qa.jsonl')}", flush=True)
+    else:
+        mapping = cfg.data[0].column_rename_mapping if cfg.data else {}  # data.0 renames
+        rows = read_qa(path, mapping)[: args.max_questions]
+    result = run_qa_hard(cfg, rows, top_k=args.top_k, loss=args.loss, max_negatives=args.negatives,
+                         eval_fraction=args.eval_fraction, seed=args.seed, address=args.address)
     print("\n" + markdown_table(result))
     print(f"\n[angle-ray] wrote {result.json_path.with_suffix('.md')} and {result.json_path}")
     return 0
@@ -151,25 +126,14 @@ def cmd_qa_hard(args: argparse.Namespace) -> int:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     """Static hard negatives from the job's `mining:` section (BM25 or a model) to one file."""
-    from angle_ray.config import ConfigError, load_config
-    from angle_ray.data.errors import DataError
     from angle_ray.mining.static import mine_static, output_format, summary, write_negatives
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
     if cfg.mining is None:
-        print(f"error: {args.config} has no `mining:` section; add one (e.g. mining: {{beir: "
-              f"\"{{data_dir}}/scifact\"}}), see README 'Mining hard negatives (static)'", file=sys.stderr)
-        return 2
-    try:
-        rows, manifest = mine_static(cfg.mining, model=args.model, batch_size=args.batch_size,
-                                     dtype=args.dtype)
-    except (FileNotFoundError, DataError, ValueError) as err:
-        print(f"error: {args.config}: mining: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{args.config} has no `mining:` section; add one (e.g. mining: {{beir: "
+                          "\"{data_dir}/scifact\"}), see README 'Mining hard negatives (static)'")
+    rows, manifest = mine_static(cfg.mining, model=args.model, batch_size=args.batch_size,
+                                 dtype=args.dtype)
     out = write_negatives(rows, args.output, output_format(args.output, cfg.mining.output_format))
     print(summary(manifest, len(rows), out))
     return 0
@@ -177,20 +141,14 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Ray Tune over the training driver; the same command again resumes an unfinished sweep."""
-    from angle_ray.config import ConfigError
-    from angle_ray.tune.space import SpaceError
     from angle_ray.tune.sweep import plan_sweep, run_sweep
 
     flags = {"num_samples": args.num_samples, "max_concurrent_trials": args.max_concurrent,
              "max_failures": args.max_failures, "search": args.search, "scheduler": args.scheduler,
              "metric": args.metric, "mode": args.mode, "seed": args.seed,
              "trial_cpus": args.trial_cpus}
-    try:
-        sweep = plan_sweep(args.space, args.config, args.overrides, args.output, **flags)
-        outcome = run_sweep(sweep, address=args.address, resume=True if args.resume else None)
-    except (ConfigError, SpaceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    sweep = plan_sweep(args.space, args.config, args.overrides, args.output, **flags)
+    outcome = run_sweep(sweep, address=args.address, resume=True if args.resume else None)
     report = outcome.report
     print(f"\n[angle-ray] sweep folder: {outcome.folder}\n{report.summary()}")
     for what, path in report.files.items():
@@ -202,38 +160,60 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="angle-ray", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+# --- arguments ------------------------------------------------------------------------------
 
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="all-MiniLM-L6-v2",
+                   help="angle-ray model folder, sentence-transformers or HF folder, or hub id "
+                        "(default: all-MiniLM-L6-v2, offline)")
+    p.add_argument("--pooling", default=None, choices=POOLINGS,
+                   help="pooling of a plain HF model (default: the folder's own, else mean; last "
+                        "with --is-llm); an angle-ray folder keeps the pooling it was trained with")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per text (default: the model's own, else 128)")
+    p.add_argument("--is-llm", action="store_true", help="causal LM backbone (last-token pooling)")
+
+
+def _add_job_args(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("--config", required=True, help=f"job YAML, e.g. {example}")
+    p.add_argument("--address", default=None, help=RAY_ADDRESS_HELP)
+
+
+def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train an embedding model with Ray Train (+ DeepSpeed)")
-    p.add_argument("--config", required=True, help="job YAML, e.g. jobs/configs/quickstart.yaml")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    _add_job_args(p, "jobs/configs/quickstart.yaml")
     p.add_argument("--eval-tasks", default=None,
                    help="evaluate before and after training on these tasks, e.g. stsb")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="STS Spearman / retrieval metrics of a model")
     _add_model_args(p)
     p.add_argument("--tasks", default="stsb",
                    help="comma list of stsb,sickr,sts12..sts16,scifact, or 'all' (default: stsb)")
     p.add_argument("--data-dir", default=None, help="evaluation data folder (see angle_ray/eval/tasks.py)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=DTYPE_HELP)
     p.add_argument("--output", default=None, help="JSON results path (default: eval_results.json)")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="write HF and sentence-transformers folders (LoRA merged)")
     _add_model_args(p)
-    p.add_argument("--output", required=True)
-    p.add_argument("--no-sentence-transformers", action="store_true")
+    p.add_argument("--output", required=True,
+                   help="folder to write: <output>/hf and <output>/sentence-transformers")
+    p.add_argument("--no-sentence-transformers", action="store_true",
+                   help="write the HF folder only")
     p.set_defaults(func=cmd_export)
 
+
+def _add_qa_hard_parser(sub) -> None:
     p = sub.add_parser("qa-hard", help="QA top-1/3/5 before and after training on the hard examples")
-    p.add_argument("--config", required=True, help="job YAML, e.g. jobs/configs/qa_hard.yaml")
+    _add_job_args(p, "jobs/configs/qa_hard.yaml")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--qa", default=None, help="QA file/folder: {question, contexts, gold} rows "
                         "(default: the job's data.0.path, a QA file or a BEIR folder)")
@@ -246,22 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-fraction", type=float, default=0.2, help="QA rows held out of training")
     p.add_argument("--seed", type=int, default=0, help="held-out split and context shuffle")
     p.add_argument("--max-questions", type=int, default=None, help="use the first N questions only")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides, e.g. train.max_steps=40")
     p.set_defaults(func=cmd_qa_hard)
 
+
+def _add_mine_parser(sub) -> None:
     p = sub.add_parser("mine", help="mine static hard negatives (BM25 or a model) to a Format C file")
     p.add_argument("--config", required=True, help="job YAML with a `mining:` section")
     p.add_argument("--output", required=True, help="negatives.jsonl or negatives.parquet")
     p.add_argument("--model", default=None,
-                   help="mine with this model (angle-ray / HF folder, hub id, all-MiniLM-L6-v2) "
-                        "instead of mining.warm_start")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+                   help="mine with this model (angle-ray / sentence-transformers / HF folder, hub id, "
+                        "all-MiniLM-L6-v2) instead of mining.warm_start")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=DTYPE_HELP)
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides, e.g. mining.k=8")
     p.set_defaults(func=cmd_mine)
 
+
+def _add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="Ray Tune search over a job's config keys (ASHA/PBT, random/TPE)")
     p.add_argument("--space", required=True, help="search space YAML, e.g. tune_spaces/stsb_loss_weights.yaml")
     p.add_argument("--config", default=None, help="base job YAML (default: the space file's `config:`)")
@@ -269,27 +251,91 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep folder (default: <train.storage_path>/sweeps/<space name>)")
     p.add_argument("--resume", action="store_true",
                    help="require an unfinished sweep in the folder (it resumes anyway when one is there)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    p.add_argument("--num-samples", type=int, default=None)
+    p.add_argument("--address", default=None, help=RAY_ADDRESS_HELP)
+    p.add_argument("--num-samples", type=int, default=None, help="trials to run (default: the space's)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials running at once")
     p.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
     p.add_argument("--trial-cpus", type=float, default=None,
                    help="CPUs of each trial's Tune function (its workers: train.cpus_per_worker)")
-    p.add_argument("--search", choices=["random", "optuna"], default=None)
-    p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default=None)
+    p.add_argument("--search", choices=["random", "optuna"], default=None,
+                   help="searcher: random, or optuna (TPE) (default: the space's)")
+    p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default=None,
+                   help="trial scheduler (default: the space's)")
     p.add_argument("--metric", default=None, help="reported metric to optimise (default dev_metric)")
-    p.add_argument("--mode", choices=["max", "min"], default=None)
+    p.add_argument("--mode", choices=["max", "min"], default=None,
+                   help="maximise or minimise --metric (default: the space's)")
     p.add_argument("--seed", type=int, default=None, help="seed of the searcher")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base job")
     p.set_defaults(func=cmd_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="angle-ray", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"angle-ray {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one `error:` line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train_parser, _add_eval_parser, _add_export_parser, _add_qa_hard_parser,
+                _add_mine_parser, _add_sweep_parser):
+        add(sub)
     return parser
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _wrapped(err: BaseException) -> Iterator[BaseException]:
+    """The exceptions ``err`` carries: Ray's task / Train wrappers, then Python's own chain.
+
+    ray.exceptions.RayTaskError keeps the remote exception in ``.cause``; Ray Train 2.x raises
+    WorkerGroupError (``.worker_failures``: rank -> exception, each a UserExceptionWithTraceback
+    holding ``._base_exc``) or ControllerError (``.controller_failure``)."""
+    found = [getattr(err, "cause", None), getattr(err, "_base_exc", None),
+             getattr(err, "controller_failure", None),
+             *(getattr(err, "worker_failures", None) or {}).values(), err.__cause__, err.__context__]
+    return (e for e in found if isinstance(e, BaseException))
+
+
+def _is_ray_wrapper(err: BaseException) -> bool:
+    # a RayTaskError re-raised as its cause's class is both a UserError and a wrapper whose text
+    # is the remote traceback; only a process that imported Ray can hold one
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    return ray_exceptions is not None and isinstance(err, ray_exceptions.RayError)
+
+
+def find_user_error(err: BaseException) -> BaseException | None:
+    """The user-fixable error inside ``err`` (itself, or one Ray wrapped), else None."""
+    queue, seen = [err], set()
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (UserError, FileNotFoundError, NotADirectoryError)) and not (
+                _is_ray_wrapper(current)):
+            return current
+        queue.extend(_wrapped(current))
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None:  # not "[Errno 2] No such file..."
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as err:
+        found = find_user_error(err)
+        if found is None or args.debug:
+            raise
+        print(f"error: {_one_line(found)}", file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

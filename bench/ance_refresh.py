@@ -19,7 +19,6 @@ training steps. Prints the figures side by side with the ratios.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from pathlib import Path
@@ -31,12 +30,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def bench_encode(texts: list[str], max_length: int, cpus_per_actor: float, batch: int) -> np.ndarray:
     from angle_ray.config import ModelConfig, PoolConfig
-    from angle_ray.mining.encoder_pool import encode_with_pool, load_encoder
+    from angle_ray.mining.encoder_pool import encode_with_pool
     from angle_ray.models.embedder import encode
+    from angle_ray.models.loader import load_model
 
     cfg = ModelConfig()
     t0 = time.perf_counter()
-    model = load_encoder(cfg.name_or_path, cfg, max_length)
+    model = load_model(cfg.name_or_path, max_length=max_length, base=cfg)
     plain = encode(model, texts, batch_size=batch, normalize=True, show_progress=False)
     plain_s = time.perf_counter() - t0
     rows = [("plain process", plain_s)]
@@ -78,15 +78,16 @@ def bench_index(doc_emb: np.ndarray, query_emb: np.ndarray) -> None:
 
 
 def mean_step_s(run_dir: Path) -> tuple[float, float, int]:
-    with (run_dir / "metrics.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if r.get("seconds")]
+    from angle_ray.train.progress import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "seconds" in r]
     steps, seconds, prev = 0, 0.0, 0
     for r in rows:
-        step = int(r["step"])
-        seconds += float(r["seconds"])
+        step = r["step"]
+        seconds += r["seconds"]
         steps += step - prev
         prev = step
-    wait = max(float(r.get("neg/wait_s") or 0.0) for r in rows)
+    wait = max(r.get("neg/wait_s", 0.0) for r in rows)
     return seconds / max(steps, 1), wait, steps
 
 
@@ -125,10 +126,10 @@ def main() -> None:
         texts = task.doc_texts[: args.docs]
         doc_emb = bench_encode(texts, args.max_length, args.cpus_per_actor, args.batch)
         from angle_ray.config import ModelConfig
-        from angle_ray.mining.encoder_pool import load_encoder
         from angle_ray.models.embedder import encode
+        from angle_ray.models.loader import load_model
 
-        model = load_encoder(ModelConfig().name_or_path, ModelConfig(), args.max_length)
+        model = load_model(ModelConfig().name_or_path, max_length=args.max_length, base=ModelConfig())
         query_emb = encode(model, task.query_texts, normalize=True, show_progress=False)
         bench_index(doc_emb, query_emb)
     if args.runs:

@@ -58,8 +58,8 @@ def main() -> None:
     args = p.parse_args()
 
     from angle_ray.config import load_config
-    from angle_ray.mining.encoder_pool import load_encoder
     from angle_ray.models.backbone import load_embedding_model
+    from angle_ray.models.loader import load_model
     from angle_ray.train.driver import init_ray, run_training
 
     init_ray()
@@ -69,7 +69,7 @@ def main() -> None:
         started = time.perf_counter()
         if arm == "zero-shot":
             cfg = load_config(args.config)
-            model = load_encoder(cfg.model.name_or_path, cfg.model)
+            model = load_model(cfg.model.name_or_path, base=cfg.model)
             results[arm] = {**dev_metrics(model, args.eval_max_length), "train_s": 0.0}
         else:
             overrides = [f"train.name={arm}", f"train.storage_path={out}",

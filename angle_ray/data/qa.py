@@ -9,7 +9,7 @@ Reading goes through the project's row readers (JSONL, Parquet, CSV/TSV, dataset
 a folder of files) and a bad row is a ``DataError`` naming the file, the line (0-based row for
 Parquet) and the field: gold out of range, an empty contexts list, a missing or unexpected column.
 ``column_rename_mapping`` works as for training data (``""`` drops a column). QA rows built
-from a BEIR folder: ``angle_ray.mining.qa_hard.make_qa_from_beir``.
+from a BEIR folder: ``angle_ray.workflows.qa_hard.make_qa_from_beir``.
 """
 
 from __future__ import annotations

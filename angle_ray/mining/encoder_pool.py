@@ -14,47 +14,54 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import torch
 
 from angle_ray.config import ModelConfig, PoolConfig
-
-ANGLE_RAY_FILE = "angle_ray.json"
-
-
-def load_encoder(model_ref: str, model_cfg: ModelConfig, max_length: int | None = None):
-    """An angle-ray model folder (a checkpoint's `model/`) as saved, or any HF model by path / id
-    with the job's pooling."""
-    from angle_ray.models.backbone import build_model, load_embedding_model
-
-    if (Path(model_ref) / ANGLE_RAY_FILE).is_file():
-        model = load_embedding_model(model_ref)
-    else:
-        model = build_model(model_cfg.model_copy(update={"name_or_path": model_ref}))
-    if max_length:
-        model.cfg = model.cfg.model_copy(update={"max_length": max_length})
-    return model.eval()
+from angle_ray.models.embedder import encode
+from angle_ray.models.loader import load_model
 
 
 class TextEncoder:
-    """One pool actor: loads the model once, embeds a batch of texts per call."""
+    """One pool actor: loads the model once, embeds a batch of texts per call.
 
-    def __init__(self, model_ref: str, model_cfg_json: str, max_length: int | None, threads: int):
-        import torch
+    ``model_ref`` is a checkpoint's angle-ray folder (loaded as saved) or the job's starting model
+    (built with the job's ``model:`` settings, ``model_cfg_json``, exactly as training built it)."""
 
+    def __init__(self, model_ref: str, model_cfg_json: str | None, max_length: int | None, threads: int,
+                 prompt: str | None = None):
         torch.set_num_threads(threads)
-        cfg = ModelConfig.model_validate_json(model_cfg_json)
-        self.model = load_encoder(model_ref, cfg, max_length)
+        # no job settings (angle-ray embed): the model folder's own pooling / max_length
+        cfg = ModelConfig.model_validate_json(model_cfg_json) if model_cfg_json else None
+        self.model = load_model(model_ref, max_length=max_length, base=cfg).eval()
         if torch.cuda.is_available():
             self.model = self.model.cuda()
+        self.prompt = prompt
 
     def __call__(self, batch: dict) -> dict:
-        from angle_ray.models.embedder import encode
-
+        """`text` in, `emb` out; every other column (row ids, shard numbers) passes through."""
         emb = encode(self.model, list(batch["text"]), batch_size=len(batch["text"]), normalize=True,
-                     dtype=self.model.cfg.dtype, show_progress=False)
-        return {"i": batch["i"], "emb": emb}
+                     prompt=self.prompt, dtype=self.model.cfg.dtype, show_progress=False)
+        return {**{k: v for k, v in batch.items() if k != "text"}, "emb": emb}
+
+
+def encode_dataset(ds, model_ref: str, pool: PoolConfig, model_cfg: ModelConfig | None = None,
+                   max_length: int | None = None, prompt: str | None = None):
+    """`ds` (a Ray Dataset with a `text` column) with `text` replaced by `emb`, encoded lazily on
+    an actor pool of `pool.min_actors`..`pool.max_actors` `TextEncoder`s; other columns kept."""
+    from ray.data import ActorPoolStrategy  # Ray Data only when a pool runs (see encode_with_pool)
+
+    return ds.map_batches(
+        TextEncoder,
+        fn_constructor_kwargs={"model_ref": model_ref,
+                               "model_cfg_json": model_cfg.model_dump_json() if model_cfg else None,
+                               "max_length": max_length, "threads": max(1, int(pool.cpus_per_actor)),
+                               "prompt": prompt},
+        batch_size=pool.batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        num_cpus=pool.cpus_per_actor,
+        **({"num_gpus": pool.gpus_per_actor} if pool.gpus_per_actor else {}))
 
 
 @dataclass
@@ -67,8 +74,7 @@ class PoolRun:
 def encode_with_pool(model_ref: str, texts: list[str], model_cfg: ModelConfig, pool: PoolConfig,
                      max_length: int | None = None, desc: str = "encode") -> PoolRun:
     """Embed `texts` on an actor pool of `pool.min_actors`..`pool.max_actors` encoders."""
-    import ray.data
-    from ray.data import ActorPoolStrategy
+    import ray.data  # Ray Data only when a pool runs: importing this module stays light
 
     start = time.perf_counter()
     n = len(texts)
@@ -78,15 +84,7 @@ def encode_with_pool(model_ref: str, texts: list[str], model_cfg: ModelConfig, p
     # 1-CPU read or repartition task would wait for them and stall the refresh until the end
     ds = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)],
                              override_num_blocks=blocks)
-    threads = max(1, int(pool.cpus_per_actor))
-    encoded = ds.map_batches(
-        TextEncoder,
-        fn_constructor_kwargs={"model_ref": model_ref, "model_cfg_json": model_cfg.model_dump_json(),
-                               "max_length": max_length, "threads": threads},
-        batch_size=pool.batch_size, batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-        num_cpus=pool.cpus_per_actor,
-        **({"num_gpus": pool.gpus_per_actor} if pool.gpus_per_actor else {}))
+    encoded = encode_dataset(ds, model_ref, pool, model_cfg, max_length)
     out: np.ndarray | None = None
     seen = 0
     for batch in encoded.iter_batches(batch_format="numpy", batch_size=None):

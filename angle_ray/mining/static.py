@@ -20,16 +20,20 @@ import time
 import uuid
 from pathlib import Path
 
-from angle_ray.config import MiningConfig
+from angle_ray.config import ConfigError, MiningConfig
+from angle_ray.mining.bm25 import bm25_candidates
 from angle_ray.mining.candidates import Candidates
+from angle_ray.mining.index import dense_candidates
 from angle_ray.mining.publish import DATA_FILES, write_rows
 from angle_ray.mining.rows import negative_rows
 from angle_ray.mining.select import select_negatives
 from angle_ray.mining.task import MiningTask, load_mining_task
+from angle_ray.models.embedder import encode
+from angle_ray.models.loader import load_model
 
 
 @contextlib.contextmanager
-def max_length(model, tokens: int | None):
+def capped_length(model, tokens: int | None):
     """Temporarily cap the model's tokenizer length (``mining.max_length``), then restore it."""
     if tokens is None:
         yield model
@@ -45,11 +49,8 @@ def max_length(model, tokens: int | None):
 def dense_task_candidates(task: MiningTask, model, cfg: MiningConfig, batch_size: int = 64,
                           dtype: str = "fp32", show_progress: bool = True) -> Candidates:
     """Encode corpus and queries (with the mining prompts) and search them with FAISS."""
-    from angle_ray.mining.index import dense_candidates
-    from angle_ray.models.embedder import encode
-
     t0 = time.perf_counter()
-    with max_length(model, cfg.max_length):
+    with capped_length(model, cfg.max_length):
         doc_emb = encode(model, task.doc_texts, batch_size=batch_size, prompt=cfg.doc_prompt,
                          dtype=dtype, show_progress=show_progress, desc="encode corpus")
         query_emb = encode(model, task.query_texts, batch_size=batch_size, prompt=cfg.query_prompt,
@@ -66,13 +67,11 @@ def _resolve_model(model, cfg: MiningConfig):
         if cfg.warm_start == "bm25":
             return None, "bm25"
         if cfg.warm_start == "none":
-            raise ValueError("mining.warm_start is 'none' and no model was given: nothing to mine "
+            raise ConfigError("mining.warm_start is 'none' and no model was given: nothing to mine "
                              "with; set mining.warm_start to bm25 or a model, or pass --model")
         model = cfg.warm_start
     if isinstance(model, (str, os.PathLike)):
-        from angle_ray.cli import load_any_model
-
-        return load_any_model(str(model), max_length=cfg.max_length), str(model)
+        return load_model(model, max_length=cfg.max_length), str(model)
     return model, getattr(getattr(model, "cfg", None), "name_or_path", type(model).__name__)
 
 
@@ -94,8 +93,6 @@ def mine_static(cfg: MiningConfig, model=None, batch_size: int = 64, show_progre
     else:
         model, source = _resolve_model(model, cfg)
         if model is None:
-            from angle_ray.mining.bm25 import bm25_candidates
-
             cands = bm25_candidates(task, top=cfg.window[1], show_progress=show_progress)
         else:
             cands = dense_task_candidates(task, model, cfg, batch_size, dtype, show_progress)

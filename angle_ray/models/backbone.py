@@ -13,9 +13,11 @@ on the LEFT (so the last position is the last real token) with pad = eos when th
 no pad token, get no ``token_type_ids``, and optionally LoRA adapters (PEFT), bf16 weights and
 activation checkpointing.
 
-A saved folder holds ``angle_ray.json`` (the ModelConfig plus the base model path), the tokenizer,
-and either the full backbone (config.json + model.safetensors) or, for LoRA, only the adapter
-(adapter_config.json + adapter_model.safetensors) on top of the recorded base model.
+A saved folder holds ``angle_ray.json`` (``ANGLE_RAY_FILE``: the ModelConfig, the base model path,
+the prompts and the normalisation flag), the tokenizer, and either the full backbone (config.json +
+model.safetensors) or, for LoRA, only the adapter (adapter_config.json + adapter_model.safetensors)
+on top of the recorded base model. To load any model folder or name, use
+``angle_ray.models.loader.load_model``.
 """
 
 from __future__ import annotations
@@ -37,15 +39,31 @@ from angle_ray.models.pooling import pool
 
 logger = logging.getLogger(__name__)
 
-ANGLE_RAY_FILE = "angle_ray.json"
+ANGLE_RAY_FILE = "angle_ray.json"  # the marker (and settings) file of an angle-ray model folder
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class EmbeddingModel(nn.Module):
-    """A backbone and a pooling strategy: ``forward(input_ids, attention_mask) -> [B, H]`` fp32."""
+    """A backbone and a pooling strategy: ``forward(input_ids, attention_mask) -> [B, H]`` fp32.
+
+    Besides ``cfg`` it carries how the model is meant to be used (saved with it, exported to
+    sentence-transformers, read back by ``load_model``):
+      prompts              name -> prompt template with a ``{text}`` slot, e.g. {"query": "query: {text}"}
+      default_prompt_name  the prompt applied when the caller names none (None: no prompt)
+      normalize            whether its embeddings are meant to be L2-normalised
+    """
 
     def __init__(
-        self, backbone: nn.Module, tokenizer, cfg: ModelConfig, base_model_path: str, embedding_dim: int
+        self,
+        backbone: nn.Module,
+        tokenizer,
+        cfg: ModelConfig,
+        base_model_path: str,
+        embedding_dim: int,
+        *,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -53,6 +71,9 @@ class EmbeddingModel(nn.Module):
         self.cfg = cfg
         self.base_model_path = base_model_path
         self.embedding_dim = embedding_dim
+        self.prompts = dict(prompts or {})
+        self.default_prompt_name = default_prompt_name
+        self.normalize = normalize
         # from_pretrained gives eval mode: keep the wrapper's flag in step with the backbone's
         self.train(backbone.training)
 
@@ -108,9 +129,15 @@ class EmbeddingModel(nn.Module):
             "model": self.cfg.model_dump(mode="json"),
             "base_model_path": self.base_model_path,
             "embedding_dim": self.embedding_dim,
+            **self.usage(),
         }
         (out / ANGLE_RAY_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out
+
+    def usage(self) -> dict:
+        """The prompts / default prompt / normalisation settings, as saved in ANGLE_RAY_FILE."""
+        return {"prompts": dict(self.prompts), "default_prompt_name": self.default_prompt_name,
+                "normalize": self.normalize}
 
     def merged(self) -> EmbeddingModel:
         """A copy with the LoRA adapter merged into the base weights (plain model); self if no LoRA."""
@@ -121,7 +148,8 @@ class EmbeddingModel(nn.Module):
             {**self.cfg.model_dump(), "lora": {**self.cfg.lora.model_dump(), "enabled": False}}
         )
         return EmbeddingModel(
-            backbone, copy.deepcopy(self.tokenizer), cfg, self.base_model_path, self.embedding_dim
+            backbone, copy.deepcopy(self.tokenizer), cfg, self.base_model_path, self.embedding_dim,
+            **self.usage(),
         )
 
 
@@ -227,6 +255,7 @@ def _assemble(
     tokenizer_path: str,
     base_model_path: str,
     adapter_dir: str | None = None,
+    usage: dict | None = None,
 ) -> EmbeddingModel:
     backbone = _load_backbone(weights_path, cfg)
     dim = _hidden_size(backbone)
@@ -245,13 +274,15 @@ def _assemble(
             else:
                 backbone = PeftModel.from_pretrained(backbone, adapter_dir, is_trainable=True)
     tokenizer = _load_tokenizer(tokenizer_path, cfg)
-    return EmbeddingModel(backbone, tokenizer, cfg, base_model_path, dim)
+    return EmbeddingModel(backbone, tokenizer, cfg, base_model_path, dim, **(usage or {}))
 
 
-def build_model(cfg: ModelConfig) -> EmbeddingModel:
-    """Load ``cfg.name_or_path`` (the default model resolves to the packaged MiniLM) for training."""
+def build_model(cfg: ModelConfig, usage: dict | None = None) -> EmbeddingModel:
+    """Load ``cfg.name_or_path`` (the default model resolves to the packaged MiniLM) for training.
+
+    ``usage``: prompts / default_prompt_name / normalize to attach (see ``EmbeddingModel``)."""
     path = resolve_model_path(cfg.name_or_path)
-    return _assemble(cfg, weights_path=path, tokenizer_path=path, base_model_path=path)
+    return _assemble(cfg, weights_path=path, tokenizer_path=path, base_model_path=path, usage=usage)
 
 
 def load_embedding_model(directory: str | Path, dtype: str | None = None) -> EmbeddingModel:
@@ -273,8 +304,10 @@ def load_embedding_model(directory: str | Path, dtype: str | None = None) -> Emb
     if dtype is not None:
         raw_cfg = {**raw_cfg, "dtype": dtype}
     cfg = ModelConfig.model_validate(raw_cfg)
+    usage = {key: meta[key] for key in ("prompts", "default_prompt_name", "normalize") if key in meta}
     if not cfg.lora.enabled:
-        return _assemble(cfg, str(folder), str(folder), meta.get("base_model_path") or str(folder))
+        return _assemble(cfg, str(folder), str(folder), meta.get("base_model_path") or str(folder),
+                         usage=usage)
     base = meta.get("base_model_path")
     if not base or not Path(base).exists():
         base = resolve_model_path(cfg.name_or_path)
@@ -284,4 +317,5 @@ def load_embedding_model(directory: str | Path, dtype: str | None = None) -> Emb
         tokenizer_path=str(folder),
         base_model_path=base,
         adapter_dir=str(folder),
+        usage=usage,
     )

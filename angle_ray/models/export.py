@@ -1,6 +1,6 @@
 """Export a trained model for use outside angle-ray.
 
-    export_hf(model, "out/hf")                  # transformers.AutoModel / load_embedding_model
+    export_hf(model, "out/hf")                  # transformers.AutoModel / load_model
     export_sentence_transformers(model, "out/st")
     SentenceTransformer("out/st").encode(texts)  # same vectors as angle_ray encode(model, texts)
 
@@ -8,16 +8,21 @@ Both merge LoRA adapters into the base weights first, so the result is a plain m
 The sentence-transformers folder is the HF folder plus the files that library reads:
 modules.json (Transformer at the root, then 1_Pooling, optionally 2_Normalize),
 sentence_bert_config.json (max_seq_length), 1_Pooling/config.json (the pooling_mode_* flags)
-and config_sentence_transformers.json. The legacy module names and flags are used on purpose:
-every sentence-transformers release from 2.x to 6.x loads them.
+and config_sentence_transformers.json (the model's prompts and default prompt). The legacy module
+names and flags are used on purpose: every sentence-transformers release from 2.x to 6.x loads them.
+The HF folder keeps angle_ray.json (``ANGLE_RAY_FILE``), so ``load_model`` reads either back as
+the angle-ray model it was.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from angle_ray.models.backbone import EmbeddingModel
+
+logger = logging.getLogger(__name__)
 
 # angle-ray pooling -> the sentence-transformers Pooling flag that computes the same vector
 ST_POOLING_FLAGS = {
@@ -46,21 +51,40 @@ def export_hf(model: EmbeddingModel, out_dir: str | Path) -> Path:
     return model.merged().save(out_dir)
 
 
+def st_prompts(prompts: dict[str, str]) -> dict[str, str]:
+    """angle-ray prompt templates -> sentence-transformers prompts (a prefix the text follows).
+
+    A template whose ``{text}`` slot is not at its end has no prefix form: it is left out, with a
+    warning (the angle-ray folder keeps it)."""
+    out = {}
+    for name, template in prompts.items():
+        prefix, slot, rest = template.partition("{text}")
+        if slot and not rest:
+            out[name] = prefix
+        else:
+            logger.warning("prompt %r (%r) is not a prefix followed by {text}; sentence-transformers "
+                           "cannot apply it, so the export leaves it out", name, template)
+    return out
+
+
 def export_sentence_transformers(
-    model: EmbeddingModel, out_dir: str | Path, normalize: bool = False
+    model: EmbeddingModel, out_dir: str | Path, normalize: bool | None = None
 ) -> Path:
     """A folder ``SentenceTransformer(out_dir)`` loads, giving the same embeddings as ``encode``.
 
-    ``normalize`` appends a Normalize module (then it matches ``encode(..., normalize=True)``).
+    ``normalize`` appends a Normalize module (then it matches ``encode(..., normalize=True)``);
+    None: as ``model.normalize`` says. The model's prompts become the folder's ``prompts``.
     cls_avg and first_last_avg have no sentence-transformers pooling: export with ``export_hf``.
     """
+    if normalize is None:
+        normalize = model.normalize
     pooling = model.cfg.pooling
     flag = ST_POOLING_FLAGS.get(pooling)
     if flag is None:
         raise ValueError(
             f"model.pooling={pooling!r} has no sentence-transformers equivalent (it supports "
             f"{', '.join(sorted(ST_POOLING_FLAGS))}); use export_hf(model, out_dir) and load the "
-            "folder with angle_ray.models.load_embedding_model instead"
+            "folder with angle_ray.models.load_model instead"
         )
     out = export_hf(model, out_dir)  # tokenizer_config.json keeps padding_side ("left" for LLMs)
     modules = [
@@ -86,8 +110,10 @@ def export_sentence_transformers(
     pooling_cfg.update({f: f == flag for f in _ALL_FLAGS})
     pooling_cfg["include_prompt"] = True
     _write_json(out / "1_Pooling" / "config.json", pooling_cfg)
+    prompts = st_prompts(model.prompts)
+    default = model.default_prompt_name if model.default_prompt_name in prompts else None
     _write_json(
         out / "config_sentence_transformers.json",
-        {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+        {"prompts": prompts, "default_prompt_name": default, "similarity_fn_name": "cosine"},
     )
     return out

@@ -39,13 +39,23 @@ from pathlib import Path
 
 import numpy as np
 
-from angle_ray.config import DatasetConfig, JobConfig
+from angle_ray.config import DatasetConfig, JobConfig, MiningConfig
 from angle_ray.data.qa import QARow
+from angle_ray.errors import UserError
 from angle_ray.eval.retrieval import top_k_accuracy
+from angle_ray.mining.bm25 import bm25_candidates
+from angle_ray.mining.task import load_mining_task
+from angle_ray.models.backbone import build_model, load_embedding_model
+from angle_ray.models.embedder import encode
+from angle_ray.train.driver import run_dir_of, run_training
 
 TOP_KS = (1, 3, 5)
 LOSSES = ("cln", "margin")
 HARD_FILE = "hard_examples.jsonl"
+
+
+class QAHardError(UserError):
+    """A qa-hard setting that cannot be used (a fraction out of range, too few candidates...)."""
 
 
 def _log(msg: str) -> None:
@@ -71,12 +81,8 @@ def make_qa_from_beir(beir_folder: str | Path, n_candidates: int = 20, split: st
     candidate when BM25 missed it; its other relevant documents are left out (they are not wrong
     answers). The order is shuffled per query from (seed, query id), so position says nothing.
     """
-    from angle_ray.config import MiningConfig
-    from angle_ray.mining.bm25 import bm25_candidates
-    from angle_ray.mining.task import load_mining_task
-
     if n_candidates < 2:
-        raise ValueError(f"n_candidates must be >= 2 (the gold and another), got {n_candidates}")
+        raise QAHardError(f"n_candidates must be >= 2 (the gold and another), got {n_candidates}")
     task = load_mining_task(MiningConfig(beir=str(beir_folder), split=split,
                                          holdout_fraction=holdout_fraction, holdout_seed=holdout_seed))
     keep = range(len(task.query_ids))[:max_questions]
@@ -84,7 +90,7 @@ def make_qa_from_beir(beir_folder: str | Path, n_candidates: int = 20, split: st
     task.query_texts = [task.query_texts[i] for i in keep]
     task.positives = [task.positives[i] for i in keep]
     if len(task.doc_ids) < n_candidates:
-        raise ValueError(f"{beir_folder}: {len(task.doc_ids)} documents, fewer than "
+        raise QAHardError(f"{beir_folder}: {len(task.doc_ids)} documents, fewer than "
                          f"n_candidates={n_candidates}")
     depth = min(len(task.doc_ids), n_candidates + max(len(p) for p in task.positives))
     found = bm25_candidates(task, depth, show_progress=show_progress).idx
@@ -103,7 +109,7 @@ def make_qa_from_beir(beir_folder: str | Path, n_candidates: int = 20, split: st
 def split_rows(rows: Sequence[QARow], eval_fraction: float, seed: int) -> tuple[list[QARow], list[QARow]]:
     """(train part, held-out part): ``round(eval_fraction * n)`` rows held out, chosen by seed."""
     if not 0.0 <= eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+        raise QAHardError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     held = set(order[: round(eval_fraction * len(rows))])
@@ -114,8 +120,6 @@ def split_rows(rows: Sequence[QARow], eval_fraction: float, seed: int) -> tuple[
 def score_contexts(model, rows: Sequence[QARow], batch_size: int = 64, query_prompt: str | None = None,
                    doc_prompt: str | None = None, show_progress: bool = True) -> list[np.ndarray]:
     """Per row, the cosine of its question with each of its contexts (each text encoded once)."""
-    from angle_ray.models.embedder import encode
-
     questions = list(dict.fromkeys(r.question for r in rows))
     contexts = list(dict.fromkeys(c for r in rows for c in r.contexts))
     q_emb = encode(model, questions, batch_size=batch_size, prompt=query_prompt, normalize=True,
@@ -148,7 +152,7 @@ def select_hard(rows: Sequence[QARow], scores: Sequence[np.ndarray], k: int = 1,
     The negatives are the contexts ranked above the gold, hardest (highest score) first, at most
     ``max_negatives`` of them."""
     if k < 1 or max_negatives < 1:
-        raise ValueError(f"k and max_negatives must be >= 1, got k={k}, max_negatives={max_negatives}")
+        raise QAHardError(f"k and max_negatives must be >= 1, got k={k}, max_negatives={max_negatives}")
     picked, out = [], []
     for i, (r, s) in enumerate(zip(rows, scores)):
         order = ranking(s, r.gold)
@@ -168,7 +172,7 @@ def training_config(cfg: JobConfig, hard_path: str | Path, loss: str, num_negati
     value, else 1) and no cln term. Other weights come from the job. The first ``data:`` entry's
     prompts are kept; the run goes to ``<run folder>/train_<loss>[_<tag>]``."""
     if loss not in LOSSES:
-        raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
+        raise QAHardError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
     base = cfg.data[0] if cfg.data else DatasetConfig(path=str(hard_path))
     data = base.model_copy(update={"path": str(hard_path), "format": "C", "column_rename_mapping": {},
                                    "num_negatives": num_negatives, "weight": 1.0, "loss": {},
@@ -178,8 +182,6 @@ def training_config(cfg: JobConfig, hard_path: str | Path, loss: str, num_negati
         lc = lc.model_copy(update={"cln_w": lc.cln_w or 1.0, "margin_w": 0.0})
     else:
         lc = lc.model_copy(update={"margin_w": lc.margin_w or 1.0, "cln_w": 0.0})
-    from angle_ray.train.driver import run_dir_of
-
     name = f"train_{loss}_{tag}" if tag else f"train_{loss}"
     train = cfg.train.model_copy(update={"storage_path": str(run_dir_of(cfg)), "name": name})
     return cfg.model_copy(update={"data": [data], "loss": lc, "train": train})
@@ -234,11 +236,8 @@ def run_qa_hard(cfg: JobConfig, rows: Sequence[QARow], top_k: int = 1, loss: str
     """Evaluate -> select hard rows -> train (``run_training``) -> evaluate; see the module doc.
 
     ``model``: the starting model when already loaded (else built from ``cfg.model``)."""
-    from angle_ray.models.backbone import build_model, load_embedding_model
-    from angle_ray.train.driver import run_dir_of, run_training
-
     if loss not in LOSSES:
-        raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
+        raise QAHardError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_rows, held_rows = split_rows(rows, eval_fraction, seed)

@@ -52,10 +52,10 @@ def scifact_slice(scifact_task) -> MiningTask:
 @pytest.fixture(scope="session")
 def slice_embeddings(scifact_slice, minilm_small) -> tuple[np.ndarray, np.ndarray]:
     """(query_emb, doc_emb) of the slice with real all-MiniLM-L6-v2, 32 tokens max."""
-    from angle_ray.mining.static import max_length
+    from angle_ray.mining.static import capped_length
     from angle_ray.models.embedder import encode
 
-    with max_length(minilm_small, 32):
+    with capped_length(minilm_small, 32):
         docs = encode(minilm_small, scifact_slice.doc_texts, batch_size=64, show_progress=False)
         queries = encode(minilm_small, scifact_slice.query_texts, batch_size=64, show_progress=False)
     assert minilm_small.cfg.max_length == 128  # restored for other tests

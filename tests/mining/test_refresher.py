@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from angle_ray.config import ModelConfig, PoolConfig, config_from_dict
-from angle_ray.mining.encoder_pool import encode_with_pool, load_encoder
+from angle_ray.mining.encoder_pool import encode_with_pool
 from angle_ray.mining.publish import list_versions
 from angle_ray.mining.refresher import Refresher, due
 from angle_ray.mining.task import load_mining_task
 from angle_ray.mining.training_setup import warm_start
 from angle_ray.models.embedder import encode
+from angle_ray.models.loader import load_model
 
 
 def _alive_encoders():
@@ -58,8 +59,8 @@ def test_a_killed_encoder_actor_is_replaced_and_the_refresh_completes(ray_local,
     emb = result["run"].embeddings
     assert emb.shape == (800, 384)
     # every row came back once and right: the retried batches match an in-process encode
-    expected = encode(load_encoder("all-MiniLM-L6-v2", ModelConfig(), 96), texts, normalize=True,
-                      show_progress=False)
+    model = load_model("all-MiniLM-L6-v2", max_length=96, base=ModelConfig())
+    expected = encode(model, texts, normalize=True, show_progress=False)
     np.testing.assert_allclose(emb, expected, atol=1e-5)
     assert victim.actor_id not in {a.actor_id for a in _alive_encoders()}
 
@@ -117,6 +118,6 @@ def test_the_pool_runs_with_what_fits_below_its_maximum(ray_local, data_dir):
         {"mining": {"beir": str(data_dir / "scifact")}}).mining).query_texts[:200]]
     pool = PoolConfig(min_actors=1, max_actors=2, cpus_per_actor=1.5, batch_size=32)
     run = encode_with_pool("all-MiniLM-L6-v2", texts, ModelConfig(), pool, max_length=48)
-    expected = encode(load_encoder("all-MiniLM-L6-v2", ModelConfig(), 48), texts, normalize=True,
-                      show_progress=False)
+    model = load_model("all-MiniLM-L6-v2", max_length=48, base=ModelConfig())
+    expected = encode(model, texts, normalize=True, show_progress=False)
     np.testing.assert_allclose(run.embeddings, expected, atol=1e-5)

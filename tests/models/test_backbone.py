@@ -167,7 +167,7 @@ def test_load_with_dtype_override(minilm, tmp_path):
 
 
 def test_loading_a_folder_without_angle_ray_json_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="angle_ray.json"):
+    with pytest.raises(FileNotFoundError, match=ANGLE_RAY_FILE):
         load_embedding_model(tmp_path)
 
 

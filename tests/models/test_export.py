@@ -70,3 +70,18 @@ def test_st_export_of_unsupported_pooling_names_it_and_suggests_hf_export(poolin
     with pytest.raises(ValueError, match=f"{pooling}.*export_hf"):
         export_sentence_transformers(model, tmp_path / "st")
     assert not (tmp_path / "st").exists()
+
+
+def test_st_export_carries_the_models_prompts_and_normalisation(sts_sentences, tmp_path):
+    usage = {"prompts": {"query": "query: {text}", "framed": "<{text}>"}, "default_prompt_name": "query",
+             "normalize": True}
+    model = build_model(ModelConfig(), usage=usage)
+    out = export_sentence_transformers(model, tmp_path / "st")  # normalize: the model's (True)
+    st_cfg = json.loads((out / "config_sentence_transformers.json").read_text())
+    # "<{text}>" is no prefix: sentence-transformers cannot apply it, so it is left out
+    assert st_cfg["prompts"] == {"query": "query: "} and st_cfg["default_prompt_name"] == "query"
+    assert (out / "2_Normalize").is_dir()
+    st = SentenceTransformer(str(out), device="cpu")
+    expected = encode(model, sts_sentences[:5], prompt="query: {text}", normalize=True,
+                      show_progress=False)
+    assert np.abs(st.encode(sts_sentences[:5]) - expected).max() < 1e-5  # the default prompt

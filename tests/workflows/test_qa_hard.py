@@ -13,7 +13,7 @@ from angle_ray.config import load_config
 from angle_ray.data.beir import load_beir, split_qrels_by_query
 from angle_ray.data.errors import DataError
 from angle_ray.data.qa import QARow, read_qa, write_qa
-from angle_ray.mining.qa_hard import (
+from angle_ray.workflows.qa_hard import (
     accuracy,
     make_qa_from_beir,
     score_contexts,
