@@ -14,12 +14,17 @@ import re
 import shlex
 from pathlib import Path
 
+import jsonschema
 import pytest
 import ray
 import yaml
 from packaging.requirements import Requirement
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.runtime_env import RuntimeEnv
+from ray.runtime_env.runtime_env import _merge_runtime_env
 
 from angle_ray.config import load_config
+from angle_ray.train.driver import init_ray
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -67,11 +72,7 @@ def test_the_expected_cluster_files_exist():
 # --- Ray cluster launcher (`ray up`) ---------------------------------------------------------
 
 def _prepared(path: Path) -> dict:
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    config = prepare_config(copy.deepcopy(yaml.safe_load(path.read_text())))
-    validate_config(config)
-    return config
+    return _prepared_from(yaml.safe_load(path.read_text()))
 
 
 @pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
@@ -84,8 +85,6 @@ def test_launcher_config_passes_rays_own_validation(path):
 @pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.name)
 def test_rays_validation_rejects_a_misspelt_key(path):
     # proves the validation above can fail: the schema forbids unknown keys
-    import jsonschema
-
     broken = yaml.safe_load(path.read_text())
     broken["setup_comands"] = ["echo typo"]
     with pytest.raises(jsonschema.ValidationError):
@@ -93,9 +92,8 @@ def test_rays_validation_rejects_a_misspelt_key(path):
 
 
 def _prepared_from(config: dict) -> dict:
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    config = prepare_config(config)
+    """What `ray up` does to a launcher config before it calls the cloud."""
+    config = prepare_config(copy.deepcopy(config))
     validate_config(config)
     return config
 
@@ -217,8 +215,6 @@ def test_rayjob_sets_the_same_environment_as_the_runtime_env():
 # --- runtime_env of submitted jobs -----------------------------------------------------------
 
 def test_runtime_env_is_accepted_by_ray():
-    from ray.runtime_env import RuntimeEnv
-
     env = RuntimeEnv(**_runtime_env())
     assert env["working_dir"] == "."
     assert all(isinstance(v, str) for v in env["env_vars"].values())
@@ -227,7 +223,7 @@ def test_runtime_env_is_accepted_by_ray():
 def test_runtime_env_pip_list_is_pyprojects_dependencies_without_ray():
     try:
         import tomllib
-    except ImportError:  # Python 3.10
+    except ImportError:  # Python 3.10 (the project supports it): the backport, if installed
         tomllib = pytest.importorskip("tomli")
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -247,8 +243,6 @@ def test_runtime_env_points_caches_and_data_at_the_shared_storage():
 
 def _driver_runtime_env(monkeypatch) -> dict:
     """The runtime_env angle_ray.train.driver.init_ray passes to ray.init on a cluster."""
-    from angle_ray.train.driver import init_ray
-
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
@@ -260,8 +254,6 @@ def _driver_runtime_env(monkeypatch) -> dict:
 def test_runtime_env_merges_with_the_drivers_own_runtime_env(monkeypatch):
     # Inside a submitted job ray.init merges the job's runtime_env with the one the driver
     # passes; any variable named by both makes ray.init raise.
-    from ray.runtime_env.runtime_env import _merge_runtime_env
-
     driver = _driver_runtime_env(monkeypatch)
     assert _merge_runtime_env(_runtime_env(), driver) is not None
     for name, value in driver.get("env_vars", {}).items():  # why those names are not repeated

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+import angle_ray.cli
 from angle_ray.config import JobConfig, load_config
+from angle_ray.data.location import expand_path
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
@@ -74,8 +76,6 @@ def test_job_config_passes_the_schema(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_job_config_data_files_exist_in_the_project_data(path, data_dir, monkeypatch):
-    from angle_ray.data.location import expand_path
-
     monkeypatch.setenv("ANGLE_RAY_DATA_DIR", str(data_dir))
     cfg = load_config(path)
     paths = ([d.path for d in cfg.data] + ([cfg.eval.dev.path] if cfg.eval.dev else [])
@@ -127,8 +127,6 @@ def test_documented_commands_are_found_in_jobs_and_cluster_docs():
 @pytest.mark.parametrize("script,command", ENTRYPOINTS.items())
 def test_entrypoint_calls_the_cli_with_its_subcommand_and_passes_the_arguments_on(
         script, command, monkeypatch):
-    import angle_ray.cli
-
     calls = []
     monkeypatch.setattr(angle_ray.cli, "main", lambda argv=None: calls.append(argv) or 7)
     monkeypatch.setattr(sys, "argv", [f"jobs/{script}", "--config", "x.yaml", "train.lr=1e-4"])
