@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import tune
 
 from angle_ray.config import ConfigError, config_from_dict, set_key
 from angle_ray.errors import UserError
@@ -96,8 +97,6 @@ class Param:
 
     def domain(self):
         """The Ray Tune search domain."""
-        from ray import tune
-
         if self.dist == "uniform":
             return tune.uniform(*self.values)
         if self.dist == "loguniform":
