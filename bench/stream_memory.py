@@ -14,7 +14,7 @@ own embedded Ray, through the same code a training job uses:
   consumer : one Ray actor (1 CPU, like a Ray Train worker) gets `streaming_split(1)` of the
              tokenised dataset and iterates it exactly as a worker's `Streams` does
              (iter_batches of batch_size * group_by_length rows, prefetch 2, local shuffle
-             buffer, length-grouped batches, `pad_roles`) until the corpus is exhausted.
+             buffer, `length_grouped_batches`, `pad`) until the corpus is exhausted.
 
 Measured (sampled every `--sample-every` s; RSS peaks also from getrusage):
   driver RSS     peak RSS of the driver process (the number the design says must not grow
@@ -171,25 +171,25 @@ def consume_actor_class():
     class Consumer:
         """Iterates a stream split the way a Ray Train worker's `Streams` does."""
 
-        def consume(self, split, plan_train: dict, stream: dict, pad_id: int, left_pad: bool,
+        def consume(self, split, train, stream, pad_id: int, left_pad: bool,
                     every: float) -> dict:
-            from angle_ray.data.collate import length_grouped_batches, pad_roles
+            """`train`: the job's TrainConfig; `stream`: the driver's StreamPlan."""
+            from angle_ray.data.collate import length_grouped_batches, pad
 
             sampler = Sampler(every).start()
             start_rss = sampler.me.memory_info().rss
             t0 = time.perf_counter()
-            mega = plan_train["batch_size"] * plan_train["group_size"]
-            buffer = plan_train["shuffle_buffer"] or None
-            batches = split.iter_batches(batch_size=mega, batch_format="numpy", prefetch_batches=2,
+            buffer = train.shuffle_buffer or None
+            batches = split.iter_batches(batch_size=train.batch_size * train.group_by_length,
+                                         batch_format="numpy", prefetch_batches=2,
                                          local_shuffle_buffer_size=buffer,
                                          local_shuffle_seed=42 if buffer else None)
             rows = n_batches = 0
             first_batch_s = None
-            for batch in length_grouped_batches(batches, stream["roles"], plan_train["batch_size"],
-                                                42, group=plan_train["group_size"] > 1):
-                padded = pad_roles(batch, stream["roles"], pad_id, left_pad)
-                rows += len(padded["labels"]) if "labels" in padded else \
-                    len(batch[f"{stream['roles'][0]}_hash"])
+            for tokens in length_grouped_batches(batches, stream.fmt, stream.num_negatives,
+                                                 train.batch_size, 42,
+                                                 group=train.group_by_length > 1):
+                rows += pad(tokens, pad_id, left_pad).size
                 n_batches += 1
                 if first_batch_s is None:
                     first_batch_s = time.perf_counter() - t0
@@ -231,19 +231,16 @@ def measure(corpus: str, args) -> dict:
     store_validate = sampler.peak["store_used"]
     sampler.peak["store_used"] = None  # from here on: the training stream
     tok = load_tokenizer(cfg.model)
-    t = cfg.train
-    plan_train = {"batch_size": t.batch_size, "group_size": t.group_by_length,
-                  "shuffle_buffer": t.shuffle_buffer}
     split = datasets["train_0"].streaming_split(1, equal=True)[0]
     consumer = consume_actor_class().remote()
     t1 = time.perf_counter()
-    got = ray.get(consumer.consume.remote(split, plan_train, streams[0], tok.pad_token_id,
+    got = ray.get(consumer.consume.remote(split, cfg.train, streams[0], tok.pad_token_id,
                                           tok.padding_side == "left", args.sample_every))
     consume_s = time.perf_counter() - t1
     peak = sampler.stop()
     ray.shutdown()
     return {
-        "corpus_rows": streams[0]["rows"],
+        "corpus_rows": streams[0].rows,
         "consumed_rows": got["rows"],
         "driver_peak_rss": max(peak["rss"], ru_maxrss_bytes()),
         "driver_rss_after_ray_init": after_init_rss,

@@ -23,11 +23,13 @@ Steady state, the same steps for both systems: steps `--warmup-steps`+1 .. `--st
 `--log-every` (angle-ray's last report window also writes the final checkpoint, so it is left
 out on both sides). Model load, Ray start-up and the validation pass are outside the window.
 - `pairs/s wall`: pairs trained / wall time over the window, data loading included. angle-ray:
-  every `ray.train.report` call on rank 0 is time-stamped (a thin wrapper around the worker loop
-  adds `bench/wall_s` to the metrics; the loop itself is unchanged).
+  the sum of the window's reports' `seconds` metric (wall time of the train steps since the
+  previous report, read back with `angle_ray.train.progress.read_metrics`; the reports
+  themselves, every `--log-every` steps, fall outside it). The worker loop runs unchanged:
+  each step is `angle_ray.train.step.train_step`.
 - `pairs/s compute`: the same pairs over the time spent in forward + backward + optimiser step
   only (angle-ray: the loop's `compute_s` metric). The gap between the two columns is time spent
-  waiting for data (and, for angle-ray, reporting).
+  waiting for data.
 
 The ratios at the end: angle-ray 1 worker / angle_emb (the target is >= 1.5x on the wall
 rate) and angle-ray 2 workers / 1 worker. Timings on a shared machine are noisy: compare
@@ -38,7 +40,6 @@ repeat before trusting a difference of 10-20%.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -47,6 +48,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from angle_ray.train.progress import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_PY = REPO / "bench" / ".venv-angle-emb" / "bin" / "python"
@@ -129,34 +132,11 @@ def run_reference(args, data: Path) -> dict:
 
 # ---------------------------------------------------------------- angle-ray
 
-def timed_train_loop(config: dict) -> None:
-    """angle-ray's worker loop, with a wall-clock stamp added to every report's metrics.
-
-    Defined here (pickled by value to the Ray workers); the real loop runs unchanged.
-    """
-    import time as _time
-
-    import ray.train
-
-    from angle_ray.train import loop
-
-    real_report = ray.train.report
-
-    def stamped_report(metrics, *a, **kw):
-        return real_report({**metrics, "bench/wall_s": _time.time()}, *a, **kw)
-
-    ray.train.report = stamped_report
-    try:
-        loop.train_loop_per_worker(config)
-    finally:
-        ray.train.report = real_report
-
-
 def run_angle_ray(args, data: Path, workdir: Path, workers: int, cpus: float, tag: str) -> dict:
     import ray
 
     from angle_ray.config import load_config
-    from angle_ray.train import driver, loop
+    from angle_ray.train import driver
 
     cfg = load_config(REPO / "jobs" / "configs" / "quickstart.yaml", [
         f"data.0.path={data}",
@@ -174,43 +154,34 @@ def run_angle_ray(args, data: Path, workdir: Path, workers: int, cpus: float, ta
         *args.override,
     ])
     print(f"[bench] angle-ray {workers} worker(s), cpus_per_worker={cpus}", flush=True)
-    real_loop = loop.train_loop_per_worker
-    loop.train_loop_per_worker = timed_train_loop  # build_trainer imports it at call time
     t0 = time.perf_counter()
     try:
         run = driver.run_training(cfg)
     finally:
-        loop.train_loop_per_worker = real_loop
         if ray.is_initialized():
             ray.shutdown()  # the next system gets the machine without this Ray
-    res = summarise_reports(run.run_dir / "metrics.csv", args, workers)
+    res = summarise_reports(read_metrics(run.run_dir), args, workers)
     res.update(workers=workers, cpus_per_worker=cpus, total_s=time.perf_counter() - t0)
     print(f"[bench] angle-ray {workers}w: {res['pairs_per_s']:.1f} pairs/s", flush=True)
     return res
 
 
-def summarise_reports(csv_path: Path, args, workers: int) -> dict:
-    with csv_path.open() as f:
-        rows = [r for r in csv.DictReader(f) if r.get("bench/wall_s")]
-    by_step = {int(r["step"]): r for r in rows}
+def summarise_reports(rows: list[dict], args, workers: int) -> dict:
+    """Rates over the window from the run's reports (each covers the `log_every` steps before it)."""
+    by_step = {r["step"]: r for r in rows if "seconds" in r}
     pairs_per_step = args.batch_size * workers
     w, end = args.warmup_steps, args.end_step
     if w not in by_step or end not in by_step:
         raise RuntimeError(f"reports at steps {sorted(by_step)}; need {w} and {end}")
-    wall = float(by_step[end]["bench/wall_s"]) - float(by_step[w]["bench/wall_s"])
-    # compute-only, same steps: each report covers the log_every steps before it. The loop
-    # reports `compute_s` (forward/backward/step time); before it did, `samples_per_s` was that.
     windows = [r for s, r in by_step.items() if w < s <= end]
-    if all(r.get("compute_s") for r in windows):
-        seconds = sum(float(r["compute_s"]) for r in windows)
-    else:
-        seconds = sum(args.log_every * pairs_per_step / float(r["samples_per_s"]) for r in windows)
+    wall = sum(r["seconds"] for r in windows)
+    compute = sum(r["compute_s"] for r in windows)
     return {
         "steps": args.steps,
         "window_steps": end - w,
         "pairs_per_s": (end - w) * pairs_per_step / wall,
-        "compute_pairs_per_s": len(windows) * args.log_every * pairs_per_step / seconds,
-        "final_loss": float(by_step[args.steps]["loss"]) if args.steps in by_step else None,
+        "compute_pairs_per_s": (end - w) * pairs_per_step / compute,
+        "final_loss": by_step[args.steps]["loss"] if args.steps in by_step else None,
     }
 
 

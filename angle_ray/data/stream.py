@@ -1,6 +1,6 @@
 """Corpus files as Ray Data datasets: read lazily, validate in the stream, tokenise per epoch.
 
-    rows  = read_corpus(ds_cfg)                      # one read task per file, blocks of rows
+    rows  = normalised_corpus(ds_cfg, fmt)           # read_corpus (one task per file) + normalise
     check = validate_corpus(ds_cfg, rows)            # streaming pass on the driver: counts, errors
     train = tokenized_epochs(rows, ds_cfg, model_cfg, fmt, epochs=3, seed=42)
 
@@ -9,10 +9,10 @@ driver only sees counts. Each row keeps its source ("file:line") so a bad row ra
 Ray task still names the file, the line and the field in the error the user sees.
 
 Training rows leave the stream as token ids (Ray Data cannot carry strings to torch): one
-variable-length int32 array per text role (`text1_ids`, `query_ids`, `negative_0_ids`, ...),
-a 64-bit content hash per text (`text1_hash`, ...) so duplicates in a global batch are never
-used as negatives, and `label` for Format A. Padding happens per training batch in the worker
-(`angle_ray.data.collate`).
+variable-length int32 array per text role (`text1_ids`, `query_ids`, `negative_0_ids`, ...;
+the roles and column names come from `angle_ray.data.roles`), a 64-bit content hash per text
+(`text1_hash`, ...) so duplicates in a global batch are never used as negatives, and `label`
+for Format A. Batching and padding happen in the worker (`angle_ray.data.collate`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ import numpy as np
 import pyarrow as pa
 
 from angle_ray.config import DatasetConfig, ModelConfig
+from angle_ray.data.collate import ragged
 from angle_ray.data.errors import DataError
 from angle_ray.data.formats import BadRowReport, RowNormaliser, sample_record
 from angle_ray.data.readers import iter_rows, list_files
+from angle_ray.data.roles import LABEL, hash_column, ids_column, record_texts, roles
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +41,6 @@ BLOCK_ROWS = 1024
 # fit beside training workers that hold most of a small node's CPUs (a stream whose tasks
 # cannot be scheduled stalls training without an error).
 DATA_TASK_CPUS = 0.25
-
-
-def roles(fmt: str, num_negatives: int = 1) -> list[str]:
-    """The text fields of one training example, in the order the model encodes them."""
-    if fmt == "A":
-        return ["text1", "text2"]
-    if fmt == "B":
-        return ["query", "positive"]
-    if fmt == "C":
-        return ["query", "positive", *[f"negative_{k}" for k in range(num_negatives)]]
-    raise ValueError(f"unknown data format {fmt!r}; expected A, B or C")
 
 
 def _jsonable(value):
@@ -220,33 +211,19 @@ def tokenize_batch(batch: dict, model_cfg_json: str, fmt: str, num_negatives: in
         if bad:  # counted and reported by the driver's validation pass
             continue
         rec = sample_record(json.loads(rec_json), seed, epoch, source, num_negatives)
+        for role, text in zip(names, record_texts(rec, fmt, num_negatives)):
+            texts[role].append(text)
         if fmt == "A":
-            texts["text1"].append(rec["text1"])
-            texts["text2"].append(rec["text2"])
-            labels.append(float(rec["label"]))
-        else:
-            texts["query"].append(rec["query"])
-            texts["positive"].append(rec["positive"])
-            if fmt == "C":
-                negs = rec["negative"]
-                for k in range(num_negatives):
-                    texts[f"negative_{k}"].append(negs[k % len(negs)])
+            labels.append(float(rec[LABEL]))
     out: dict[str, np.ndarray] = {}
     for role, items in texts.items():
         enc = tok(items, truncation=True, max_length=max_length, padding=False,
                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        out[f"{role}_ids"] = _ragged(enc)
-        out[f"{role}_hash"] = np.array([text_hash(t) for t in items], dtype=np.int64)
+        out[ids_column(role)] = ragged(enc)
+        out[hash_column(role)] = np.array([text_hash(t) for t in items], dtype=np.int64)
     if fmt == "A":
-        out["label"] = np.array(labels, dtype=np.float32)
+        out[LABEL] = np.array(labels, dtype=np.float32)
     return out
-
-
-def _ragged(seqs: list[list[int]]) -> np.ndarray:
-    arr = np.empty(len(seqs), dtype=object)
-    for i, s in enumerate(seqs):
-        arr[i] = np.asarray(s, dtype=np.int32)
-    return arr
 
 
 def tokenized_epochs(normalised, ds_cfg: DatasetConfig, model_cfg: ModelConfig, fmt: str,

@@ -18,7 +18,8 @@ to rank, and ``cln_w`` (explicit negatives) has no negatives: only ``ibn_w`` app
 ``angle_emb``, B honours that weight. CLN uses ``ibn_tau`` (there is no separate cln scale, as
 in ``angle_emb``). A term whose weight is 0 is not computed.
 
-Batch layout: ``emb`` maps column names to embeddings: A ``{"text1", "text2"}`` ``[N, d]``;
+Batch layout (``angle_ray.data.roles.loss_keys``; ``roles.to_loss_layout`` builds it from a
+batch's stacked rows): ``emb`` maps role names to embeddings: A ``{"text1", "text2"}`` ``[N, d]``;
 B ``{"query", "positive"}`` ``[N, d]``; C adds ``"negative"`` ``[N, k, d]`` (or ``[N, d]`` for
 k = 1). ``labels`` ``[N]`` (Format A only). ``ids`` uses the same keys (``[N]`` / ``[N, k]``
 content hashes) and reaches the IBN / CLN terms for duplicate masking.
@@ -41,17 +42,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from angle_ray.data.roles import FORMATS, NEGATIVE, POSITIVE, QUERY, TEXT1, TEXT2, loss_keys
 from angle_ray.losses.angle import AngleDifferenceLoss
 from angle_ray.losses.cln import ContrastiveWithNegativesLoss
 from angle_ray.losses.cosine import CosineLoss
 from angle_ray.losses.ibn import InBatchNegativesLoss
 from angle_ray.losses.margin_ranking import MarginRankingLoss
-
-FORMAT_KEYS = {
-    "A": ("text1", "text2"),
-    "B": ("query", "positive"),
-    "C": ("query", "positive", "negative"),
-}
 
 
 class AnglELoss(nn.Module):
@@ -98,13 +94,11 @@ class AnglELoss(nn.Module):
         labels: Tensor | None = None,
         ids: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        if fmt not in FORMAT_KEYS:
+        if fmt not in FORMATS:
             raise ValueError(f"unknown data format {fmt!r}; expected one of A, B, C")
-        missing = [key for key in FORMAT_KEYS[fmt] if key not in emb]
+        missing = [key for key in loss_keys(fmt) if key not in emb]
         if missing:
-            raise ValueError(
-                f"Format {fmt} needs embeddings {list(FORMAT_KEYS[fmt])}; missing {missing}"
-            )
+            raise ValueError(f"Format {fmt} needs embeddings {list(loss_keys(fmt))}; missing {missing}")
         ids = ids or {}
         if fmt == "A":
             terms = self._format_a(emb, labels, ids)
@@ -125,14 +119,14 @@ class AnglELoss(nn.Module):
     ) -> dict[str, tuple[float, Tensor]]:
         if labels is None:
             raise ValueError("Format A needs labels (scaled to [0, 1])")
-        t1, t2 = emb["text1"], emb["text2"]
+        t1, t2 = emb[TEXT1], emb[TEXT2]
         terms = {}
         if self.cosine_w:
             terms["cosine"] = (self.cosine_w, self.cosine(t1, t2, labels))
         if self.ibn_w:
             terms["ibn"] = (
                 self.ibn_w,
-                self.ibn(t1, t2, labels, u_ids=ids.get("text1"), v_ids=ids.get("text2")),
+                self.ibn(t1, t2, labels, u_ids=ids.get(TEXT1), v_ids=ids.get(TEXT2)),
             )
         if self.angle_w:
             terms["angle"] = (self.angle_w, self.angle(t1, t2, labels))
@@ -143,20 +137,20 @@ class AnglELoss(nn.Module):
     ) -> dict[str, tuple[float, Tensor]]:
         if not self.ibn_w:
             return {}
-        q, p = emb["query"], emb["positive"]
-        return {"ibn": (self.ibn_w, self.cln(q, p, None, ids.get("query"), ids.get("positive")))}
+        q, p = emb[QUERY], emb[POSITIVE]
+        return {"ibn": (self.ibn_w, self.cln(q, p, None, ids.get(QUERY), ids.get(POSITIVE)))}
 
     def _format_c(
         self, emb: dict[str, Tensor], ids: dict[str, Tensor]
     ) -> dict[str, tuple[float, Tensor]]:
-        q, p, n = emb["query"], emb["positive"], emb["negative"]
+        q, p, n = emb[QUERY], emb[POSITIVE], emb[NEGATIVE]
         if n.dim() == 2:
             n = n[:, None, :]  # one negative per query
         if n.dim() != 3 or n.shape[0] != q.shape[0]:
             raise ValueError(
                 f"Format C negatives must be [N, k, d] with N={q.shape[0]}, got {tuple(n.shape)}"
             )
-        q_ids, p_ids, n_ids = ids.get("query"), ids.get("positive"), ids.get("negative")
+        q_ids, p_ids, n_ids = ids.get(QUERY), ids.get(POSITIVE), ids.get(NEGATIVE)
         terms = {}
         if self.ibn_w:
             terms["ibn"] = (self.ibn_w / 2, self.cln(q, p, None, q_ids, p_ids))

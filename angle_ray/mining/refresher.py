@@ -23,12 +23,21 @@ import threading
 import time
 from pathlib import Path
 
+import ray
+import ray.data
+
 from angle_ray.config import JobConfig, MiningConfig
+from angle_ray.mining.encoder_pool import encode_with_pool
+from angle_ray.mining.index import dense_candidates
+from angle_ray.mining.publish import clean_partial, latest_version, prune_versions, publish_version
+from angle_ray.mining.static import mine_static
+from angle_ray.mining.task import load_mining_task
+from angle_ray.models.embedder import apply_prompt
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-STATE_FILE = "trainer_state.json"
+CHECKPOINT_MODEL_DIR = "model"  # the model folder inside a checkpoint (train/checkpoint.py)
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
@@ -59,12 +68,6 @@ def due(step: int, last_step: int, mining: MiningConfig) -> bool:
 def refresh_once(job: JobConfig, task, neg_dir: Path, model_ref: str, step: int,
                  source: str) -> Path:
     """Encode on the pool, index, search, select and publish one version; returns its folder."""
-    from angle_ray.mining.encoder_pool import encode_with_pool
-    from angle_ray.mining.index import dense_candidates
-    from angle_ray.mining.publish import prune_versions, publish_version
-    from angle_ray.mining.static import mine_static
-    from angle_ray.models.embedder import apply_prompt
-
     m = job.mining
     started = time.perf_counter()
     texts = (apply_prompt(task.doc_texts, m.doc_prompt) + apply_prompt(task.query_texts, m.query_prompt))
@@ -93,11 +96,6 @@ class Refresher:
     """
 
     def __init__(self, job_json: str, run_dir: str, neg_dir: str, poll_s: float = 2.0):
-        import ray.data
-
-        from angle_ray.mining.publish import clean_partial, latest_version
-        from angle_ray.mining.task import load_mining_task
-
         ray.data.DataContext.get_current().enable_progress_bars = False  # one line per refresh
         self.job = JobConfig.model_validate_json(job_json)
         self.run_dir, self.neg_dir = Path(run_dir), Path(neg_dir)
@@ -128,7 +126,7 @@ class Refresher:
         try:
             if work.exists():
                 shutil.rmtree(work)
-            shutil.copytree(checkpoint / "model", work)  # the checkpoint may be pruned meanwhile
+            shutil.copytree(checkpoint / CHECKPOINT_MODEL_DIR, work)  # the checkpoint may be pruned meanwhile
             folder = refresh_once(self.job, self.task, self.neg_dir, str(work), step,
                                   source=str(checkpoint))
             self.published.append(step)
@@ -154,8 +152,6 @@ def start_refresher(job: JobConfig, run_dir: Path, neg_dir: Path):
 
     It reserves no CPU: it mostly waits, and its encoders ask for their own resources.
     """
-    import ray
-
     actor_cls = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1,
                            max_concurrency=4)(Refresher)
     handle = actor_cls.remote(job.model_dump_json(), str(run_dir), str(neg_dir))

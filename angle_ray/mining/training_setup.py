@@ -1,13 +1,13 @@
 """What a training job with a `mining:` section adds to the plain driver.
 
-    cfg, neg = prepare_mining(cfg, run_dir)     # pairs stream + warm-start version v0
-    handle = start_refresher(...)               # only when mining.refresh_every / _on_checkpoint
-    ...fit...
-    stop_refresher(handle, run)
+    cfg, neg_dir = prepare_mining(cfg, run_dir)  # pairs stream + warm-start version v0
+    handle, run = start_refresher(cfg, run_dir, neg_dir)   # mining/refresher.py; only with
+    ...fit...                                               # mining.refresh_every / _on_checkpoint
+    stop_refresher(handle, run, run_dir)
 
-The mined queries and their positives become one more Format B training stream
-(`<run>/negatives/train_pairs.jsonl`); the training loop adds each query's k negatives from
-the newest published version (angle_ray/train/negatives_feed.py).
+The mined queries and their positives become one more Format B training stream, the first in
+`data` (`<run>/negatives/train_pairs.jsonl`); the training workers add each query's k negatives
+from the newest published version (angle_ray/train/negatives_feed.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ray
+
 from angle_ray.config import DatasetConfig, JobConfig
+from angle_ray.data.location import expand_path
+from angle_ray.data.roles import POSITIVE, QUERY
+from angle_ray.mining.publish import latest_version, publish_version
+from angle_ray.mining.static import mine_static
+from angle_ray.mining.task import load_mining_task
 
 NEGATIVES_DIR = "negatives"
 PAIRS_FILE = "train_pairs.jsonl"
@@ -23,8 +30,6 @@ PAIRS_FILE = "train_pairs.jsonl"
 
 def check_holdout(cfg: JobConfig) -> None:
     """Mined (trained) queries must never be the dev queries eval.retrieval_dev scores."""
-    from angle_ray.data.location import expand_path
-
     m, r = cfg.mining, cfg.eval.retrieval_dev
     if r is None or Path(expand_path(r.path)).resolve() != Path(expand_path(m.beir)).resolve():
         return
@@ -42,16 +47,13 @@ def write_pairs(task, path: Path) -> int:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as f:
         for qi, di in task.pairs():
-            f.write(json.dumps({"query": task.query_texts[qi], "positive": task.doc_texts[di]}) + "\n")
+            f.write(json.dumps({QUERY: task.query_texts[qi], POSITIVE: task.doc_texts[di]}) + "\n")
     tmp.replace(path)
     return len(task.pairs())
 
 
 def warm_start(cfg: JobConfig, task, neg_dir: Path) -> None:
     """Publish v0 from BM25 or a model before step 1, unless a version exists (a resumed run)."""
-    from angle_ray.mining.publish import latest_version, publish_version
-    from angle_ray.mining.static import mine_static
-
     m = cfg.mining
     if m.warm_start == "none" or latest_version(neg_dir) is not None:
         return
@@ -63,14 +65,13 @@ def warm_start(cfg: JobConfig, task, neg_dir: Path) -> None:
     print(f"[angle-ray] mining: published {folder}", flush=True)
 
 
-def prepare_mining(cfg: JobConfig, run_dir: Path) -> tuple[JobConfig, dict | None]:
-    """The config with the mined pairs stream first in `data`, and the plan's `negatives` entry.
+def prepare_mining(cfg: JobConfig, run_dir: Path) -> tuple[JobConfig, Path | None]:
+    """The config with the mined pairs stream first in `data`, and where the negatives versions
+    are published (None, and the config unchanged, without a `mining:` section).
 
     With a dynamic refresh, checkpoints come at least every `refresh_every` steps (the refresher
     mines from checkpoints).
     """
-    from angle_ray.mining.task import load_mining_task
-
     if cfg.mining is None:
         return cfg, None
     m = cfg.mining
@@ -85,13 +86,11 @@ def prepare_mining(cfg: JobConfig, run_dir: Path) -> tuple[JobConfig, dict | Non
     if m.refresh_every is not None and train.checkpoint_every > m.refresh_every:
         train = train.model_copy(update={"checkpoint_every": m.refresh_every})
     cfg = cfg.model_copy(update={"data": [pairs, *cfg.data], "train": train})
-    return cfg, {"stream": 0, "dir": str(neg_dir)}
+    return cfg, neg_dir
 
 
 def stop_refresher(handle, run_ref, run_dir: Path) -> dict:
     """Stop the refresher after training and write what it did to negatives/refresher.json."""
-    import ray
-
     handle.stop.remote()
     try:  # waits for a refresh under way to publish (or fail) first
         status = ray.get(run_ref)

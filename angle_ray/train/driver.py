@@ -16,9 +16,26 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from angle_ray.config import JobConfig, dump_config
+import ray
+import ray.data
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from angle_ray.config import DatasetConfig, JobConfig, TrainConfig, dump_config
+from angle_ray.data.formats import resolve_format
+from angle_ray.data.location import expand_path
+from angle_ray.data.stream import normalised_corpus, tokenized_epochs, validate_corpus
+from angle_ray.mining.refresher import start_refresher
+from angle_ray.mining.training_setup import prepare_mining, stop_refresher
+from angle_ray.models.backbone import load_embedding_model, load_tokenizer
+from angle_ray.models.export import export_sentence_transformers
+from angle_ray.train.checkpoint import MODEL_DIR
+from angle_ray.train.loop import train_loop_per_worker
+from angle_ray.train.plan import NegativesPlan, StreamPlan, WorkerPlan, load_dev
+from angle_ray.train.progress import ProgressCallback, plot_curves
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TrainRun:
@@ -35,8 +52,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     On a cluster the job's own runtime_env applies (cluster/runtime_env.yaml); Ray refuses to
     merge a second env that names the same variables, so none is passed there.
     """
-    import ray
-
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -50,8 +65,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def with_expanded_paths(cfg: JobConfig) -> JobConfig:
     """`{data_dir}` filled in and local paths made absolute (workers have another cwd)."""
-    from angle_ray.data.location import expand_path
-
     data = [d.model_copy(update={"path": expand_path(d.path)}) for d in cfg.data]
     ev = cfg.eval
     if ev.dev is not None:
@@ -69,76 +82,61 @@ def run_dir_of(cfg: JobConfig) -> Path:
     return Path(cfg.train.storage_path).expanduser().resolve() / cfg.train.name
 
 
-def plan_streams(cfg: JobConfig):
+def _check_stream(i: int, ds_cfg: DatasetConfig):
+    """Validate one corpus (one streaming pass); returns its StreamPlan and normalised rows."""
+    fmt = resolve_format(ds_cfg)
+    normalised = normalised_corpus(ds_cfg, fmt)
+    check = validate_corpus(ds_cfg, normalised)
+    print(f"[angle-ray] data {i}: format {fmt}, {check.summary()}", flush=True)
+    return StreamPlan(name=f"train_{i}", fmt=fmt, weight=ds_cfg.weight,
+                      num_negatives=ds_cfg.num_negatives, rows=check.rows,
+                      loss=dict(ds_cfg.loss)), normalised
+
+
+def _passes(t: TrainConfig, stream: StreamPlan, streams: list[StreamPlan], total_steps: int,
+            global_batch: int) -> int:
+    """Passes over a corpus enough for its share of the planned steps (+1 for slack if mixed)."""
+    total_weight = sum(s.weight for s in streams)
+    needed = total_steps * stream.weight / total_weight * global_batch
+    passes = max(1, int(-(-needed // stream.rows)) + (1 if len(streams) > 1 else 0))
+    return max(passes, t.epochs) if len(streams) == 1 and not t.max_steps else passes
+
+
+def plan_streams(cfg: JobConfig) -> tuple[dict, list[StreamPlan], int]:
     """Validate every corpus in one streaming pass and build its tokenised Ray Dataset.
 
-    Returns (datasets for the trainer, stream descriptions for the workers, total steps).
+    Returns (datasets for the trainer by stream name, stream plans, total steps).
     """
-    from angle_ray.data.formats import resolve_format
-    from angle_ray.data.stream import (
-        normalised_corpus,
-        roles,
-        tokenized_epochs,
-        validate_corpus,
-    )
-
     if not cfg.data:
         raise ValueError("config has no `data:` entries to train on")
     t = cfg.train
     max_workers = t.num_workers if isinstance(t.num_workers, int) else t.num_workers[1]
     global_batch = t.batch_size * max_workers
-    datasets, streams, counts = {}, [], []
-    for i, ds_cfg in enumerate(cfg.data):
-        fmt = resolve_format(ds_cfg)
-        normalised = normalised_corpus(ds_cfg, fmt)
-        check = validate_corpus(ds_cfg, normalised)
-        print(f"[angle-ray] data {i}: format {fmt}, {check.summary()}", flush=True)
-        counts.append(check.rows)
-        streams.append({"name": f"train_{i}", "fmt": fmt, "weight": ds_cfg.weight,
-                        "roles": roles(fmt, ds_cfg.num_negatives), "loss": ds_cfg.loss,
-                        "rows": check.rows, "normalised": normalised, "ds_cfg": ds_cfg})
-    steps_per_epoch = sum(max(1, n // global_batch) for n in counts)
+    checked = [_check_stream(i, ds_cfg) for i, ds_cfg in enumerate(cfg.data)]
+    streams = [s for s, _ in checked]
+    steps_per_epoch = sum(max(1, s.rows // global_batch) for s in streams)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
-    total_weight = sum(s["weight"] for s in streams)
-    for s in streams:
-        # enough passes over this corpus for its share of the planned steps (+1 for slack)
-        needed = total_steps * s["weight"] / total_weight * global_batch
-        passes = max(1, int(-(-needed // s["rows"])) + (1 if len(streams) > 1 else 0))
-        passes = max(passes, t.epochs) if len(streams) == 1 and not t.max_steps else passes
-        datasets[s["name"]] = tokenized_epochs(s.pop("normalised"), s.pop("ds_cfg"), cfg.model,
-                                               s["fmt"], passes, t.seed)
+    datasets = {
+        s.name: tokenized_epochs(normalised, ds_cfg, cfg.model, s.fmt,
+                                 _passes(t, s, streams, total_steps, global_batch), t.seed)
+        for (s, normalised), ds_cfg in zip(checked, cfg.data)}
     return datasets, streams, total_steps
 
 
-def load_dev(cfg: JobConfig) -> dict | None:
-    """The dev set shipped to the workers: STS pairs, or a BEIR corpus with its dev queries."""
-    if cfg.eval.retrieval_dev is not None:
-        from angle_ray.data.beir import load_beir, split_qrels_by_query
-
-        r = cfg.eval.retrieval_dev
-        data = load_beir(r.path, split=r.split)
-        _, dev = split_qrels_by_query(data.qrels, r.dev_fraction, r.seed)
-        qids = sorted(dev)[: r.max_queries] if r.max_queries else sorted(dev)
-        return {"kind": "retrieval", "corpus": data.corpus,
-                "queries": {q: data.queries[q] for q in qids}, "qrels": {q: dev[q] for q in qids}}
-    if cfg.eval.dev is None:
-        return None
-    from angle_ray.data.formats import read_records
-
-    dev_cfg = cfg.eval.dev
-    rows = list(read_records(dev_cfg if dev_cfg.format != "auto"
-                             else dev_cfg.model_copy(update={"format": "A"})))
-    return {"kind": "sts", "text1": [r["text1"] for r in rows],
-            "text2": [r["text2"] for r in rows], "gold": [r["label"] for r in rows]}
+def plan_workers(cfg: JobConfig, neg_dir: Path | None) -> tuple[dict, WorkerPlan]:
+    """The trainer's datasets and the plan every worker gets (`angle_ray.train.plan`)."""
+    datasets, streams, total_steps = plan_streams(cfg)
+    tok = load_tokenizer(cfg.model)
+    negatives = None
+    if neg_dir is not None:  # prepare_mining put the mined pairs stream first
+        negatives = NegativesPlan(stream=0, dir=str(neg_dir), mining=cfg.mining)
+    return datasets, WorkerPlan(streams=streams, total_steps=total_steps,
+                                pad_id=tok.pad_token_id, left_pad=tok.padding_side == "left",
+                                dev=load_dev(cfg), negatives=negatives)
 
 
-def build_trainer(cfg: JobConfig, datasets: dict, plan: dict, callbacks: list | None = None):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from angle_ray.train.loop import train_loop_per_worker
-    from angle_ray.train.progress import ProgressCallback
-
+def build_trainer(cfg: JobConfig, datasets: dict, plan: WorkerPlan,
+                  callbacks: list | None = None) -> TorchTrainer:
     t = cfg.train
     run_dir = run_dir_of(cfg)
     num_workers = t.num_workers if isinstance(t.num_workers, int) else tuple(t.num_workers)
@@ -159,11 +157,26 @@ def build_trainer(cfg: JobConfig, datasets: dict, plan: dict, callbacks: list | 
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.keep_checkpoints,
-                checkpoint_score_attribute="dev_metric" if plan.get("dev") else None,
+                checkpoint_score_attribute="dev_metric" if plan.dev is not None else None,
                 checkpoint_score_order="max"),
             callbacks=[ProgressCallback(str(run_dir)), *(callbacks or [])],
         ),
     )
+
+
+def _fit(cfg: JobConfig, datasets: dict, plan: WorkerPlan, callbacks: list | None, run_dir: Path):
+    """Fit the trainer, with the ANCE refresher beside it when the job refreshes negatives."""
+    refresher = None
+    if plan.negatives is not None and cfg.mining.dynamic:
+        refresher = start_refresher(cfg, run_dir, Path(plan.negatives.dir))
+    try:
+        result = build_trainer(cfg, datasets, plan, callbacks).fit()
+    finally:
+        if refresher is not None:
+            stop_refresher(*refresher, run_dir)
+    if result.error:
+        raise result.error
+    return result
 
 
 def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | None = None) -> TrainRun:
@@ -171,13 +184,6 @@ def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | N
 
     `callbacks`: extra Ray Train callbacks (a Tune sweep passes its `TuneReportCallback`).
     """
-    import ray.data
-
-    from angle_ray.mining.refresher import start_refresher
-    from angle_ray.mining.training_setup import prepare_mining, stop_refresher
-    from angle_ray.models.backbone import load_tokenizer
-    from angle_ray.train.progress import plot_curves
-
     cfg = with_expanded_paths(cfg)
     init_ray(address)
     ctx = ray.data.DataContext.get_current()
@@ -187,43 +193,20 @@ def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | N
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
-    cfg, negatives = prepare_mining(cfg, run_dir)  # no-op without a `mining:` section
-    datasets, streams, total_steps = plan_streams(cfg)
-    tok = load_tokenizer(cfg.model)
-    plan = {
-        "streams": streams,
-        "total_steps": total_steps,
-        "pad_id": tok.pad_token_id,
-        "left_pad": tok.padding_side == "left",
-        "dev": load_dev(cfg),
-        "train": {"batch_size": cfg.train.batch_size, "group_size": cfg.train.group_by_length,
-                  "shuffle_buffer": cfg.train.shuffle_buffer,
-                  "torch_threads": cfg.train.torch_threads},
-        "negatives": negatives,
-    }
-    print(f"[angle-ray] {total_steps} steps, batch {cfg.train.batch_size} x "
+    cfg, neg_dir = prepare_mining(cfg, run_dir)  # no-op without a `mining:` section
+    datasets, plan = plan_workers(cfg, neg_dir)
+    print(f"[angle-ray] {plan.total_steps} steps, batch {cfg.train.batch_size} x "
           f"{cfg.train.num_workers} worker(s); run folder {run_dir}", flush=True)
-    refresher = None
-    if cfg.mining is not None and cfg.mining.dynamic:
-        refresher = start_refresher(cfg, run_dir, Path(negatives["dir"]))
-    try:
-        result = build_trainer(cfg, datasets, plan, callbacks).fit()
-    finally:
-        if refresher is not None:
-            stop_refresher(*refresher, run_dir)
-    if result.error:
-        raise result.error
+    result = _fit(cfg, datasets, plan, callbacks, run_dir)
     plot_curves(run_dir)
     model_dir = export_final(cfg, result.checkpoint, run_dir)
     return TrainRun(run_dir=run_dir, model_dir=model_dir,
                     checkpoint_dir=result.checkpoint.path if result.checkpoint else None,
-                    metrics=dict(result.metrics or {}), total_steps=total_steps)
+                    metrics=dict(result.metrics or {}), total_steps=plan.total_steps)
 
 
 def export_final(cfg: JobConfig, checkpoint, run_dir: Path) -> Path | None:
     """Copy the last checkpoint's model folder out and write the sentence-transformers export."""
-    from angle_ray.train.loop import MODEL_DIR
-
     if checkpoint is None:
         return None
     out = Path(cfg.export.output_dir) if cfg.export.output_dir else run_dir / "model"
@@ -232,9 +215,6 @@ def export_final(cfg: JobConfig, checkpoint, run_dir: Path) -> Path | None:
             shutil.rmtree(out)
         shutil.copytree(Path(folder) / MODEL_DIR, out)
     if cfg.export.sentence_transformers:
-        from angle_ray.models.backbone import load_embedding_model
-        from angle_ray.models.export import export_sentence_transformers
-
         try:
             export_sentence_transformers(load_embedding_model(str(out)),
                                          str(out.parent / (out.name + "-sentence-transformers")))

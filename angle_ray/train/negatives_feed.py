@@ -1,8 +1,12 @@
 """Hard negatives for the training loop, from the newest published negatives version.
 
-The mined stream carries (query, positive) pairs; this feed adds each query's k negatives from
-the version the worker trains with, turning a Format B batch into a Format C one. Before any
-version exists (no warm start) batches stay Format B (in-batch negatives only).
+    feed = open_negatives_feed(plan.negatives, job.model)    # None when the job does not mine
+    feed.advance(step)                                        # poll / switch / wait if too stale
+    tokens = feed.attach(tokens)                              # Format B batch -> Format C batch
+
+The mined stream carries (query, positive) pairs; `attach` adds each query's k negatives from
+the version the worker trains with, returning a Format C batch. Before any version exists (no
+warm start) batches stay Format B (in-batch negatives only).
 
 Never blocking: every `poll_every` steps rank 0 looks for a newer version and every rank loads
 it in a background thread (read + tokenise); all ranks switch together at a later poll once
@@ -20,8 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from angle_ray.config import MiningConfig, ModelConfig
+from angle_ray.data.collate import TokenBatch, ragged
+from angle_ray.data.roles import NEGATIVE, QUERY
 from angle_ray.data.stream import text_hash
+from angle_ray.mining.publish import latest_version, read_version
+from angle_ray.models.backbone import load_tokenizer
+from angle_ray.models.embedder import apply_prompt
+from angle_ray.train.plan import NegativesPlan
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +47,14 @@ class Version:
     refresh_s: float
 
 
-def _prompt(prompt: str | None, text: str) -> str:
-    return text if prompt is None else prompt.replace("{text}", text)
-
-
-def load_version(path: Path, step: int, tokenizer, k: int, max_length: int,
-                 query_prompt: str | None, doc_prompt: str | None) -> Version:
-    """Read a published version and tokenise every negative once."""
-    from angle_ray.mining.publish import read_version
-
+def load_version(path: Path, step: int, tokenizer, mining: MiningConfig,
+                 max_length: int) -> Version:
+    """Read a published version and tokenise every negative once (prompts as in training)."""
     rows, manifest = read_version(path)
     by_query: dict[int, list[str]] = {}
-    for row in rows:
-        by_query.setdefault(text_hash(_prompt(query_prompt, row["query"])),
-                            [_prompt(doc_prompt, t) for t in row["negative"]])
+    queries = apply_prompt([row[QUERY] for row in rows], mining.query_prompt)
+    for query, row in zip(queries, rows):
+        by_query.setdefault(text_hash(query), apply_prompt(row[NEGATIVE], mining.doc_prompt))
     texts = sorted({t for negs in by_query.values() for t in negs})
     ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
@@ -56,8 +62,8 @@ def load_version(path: Path, step: int, tokenizer, k: int, max_length: int,
     negatives = {}
     for key, negs in by_query.items():
         if not negs:
-            raise ValueError(f"{path}: a query has no negatives (expected {k})")
-        picked = [negs[j % len(negs)] for j in range(k)]
+            raise ValueError(f"{path}: a query has no negatives (expected {mining.k})")
+        picked = [negs[j % len(negs)] for j in range(mining.k)]
         negatives[key] = ([tokens[t] for t in picked], [text_hash(t) for t in picked])
     return Version(step=step, negatives=negatives,
                    refresh_s=float(manifest.get("seconds", {}).get("total_s", 0.0)))
@@ -65,8 +71,6 @@ def load_version(path: Path, step: int, tokenizer, k: int, max_length: int,
 
 def _collective(value: int, op: str) -> int:
     """`value` agreed across ranks: rank 0's (broadcast) or the minimum (all_reduce)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
     t = torch.tensor([value], dtype=torch.int64)
@@ -78,7 +82,9 @@ def _collective(value: int, op: str) -> int:
 
 
 class NegativesFeed:
-    def __init__(self, neg_dir: str, mining: dict, tokenizer, max_length: int):
+    """The negatives version in use, the one loading, and what attach() adds to a batch."""
+
+    def __init__(self, neg_dir: str | Path, mining: MiningConfig, tokenizer, max_length: int):
         self.dir = Path(neg_dir)
         self.m = mining
         self.tok = tokenizer
@@ -98,7 +104,7 @@ class NegativesFeed:
             self._maybe_switch(0)
 
     def poll(self, step: int, force: bool = False) -> None:
-        if not force and step % self.m["poll_every"]:
+        if not force and step % self.m.poll_every:
             return
         if self.pending is not None:
             self._maybe_switch(step)
@@ -107,12 +113,9 @@ class NegativesFeed:
                    self.pending[0] if self.pending else -1)
         if newest > have and self.pending is None:
             self.pending = (newest, self.loader.submit(
-                load_version, self.dir / f"v{newest}", newest, self.tok, self.m["k"],
-                self.max_length, self.m.get("query_prompt"), self.m.get("doc_prompt")))
+                load_version, self.dir / f"v{newest}", newest, self.tok, self.m, self.max_length))
 
     def _newest_on_disk(self) -> int:
-        from angle_ray.mining.publish import latest_version
-
         latest = latest_version(self.dir)
         return latest[0] if latest else -1
 
@@ -136,46 +139,56 @@ class NegativesFeed:
 
     def wait_if_stale(self, step: int) -> None:
         """Block only past `max_staleness`: poll until a fresh enough version is in use."""
-        bound = self.m.get("max_staleness")
+        bound = self.m.max_staleness
         if bound is None or self.staleness(step) <= bound:
             return
         started = time.perf_counter()
         print(f"[angle-ray] step {step}: negatives are {self.staleness(step)} steps old "
               f"(bound {bound}); waiting for a refresh", flush=True)
         while self.staleness(step) > bound:
-            if time.perf_counter() - started > self.m["wait_timeout_s"]:
+            if time.perf_counter() - started > self.m.wait_timeout_s:
                 raise TimeoutError(
                     f"no negatives version newer than step {step - bound} appeared in {self.dir} "
-                    f"within mining.wait_timeout_s={self.m['wait_timeout_s']}; check the refresher's "
+                    f"within mining.wait_timeout_s={self.m.wait_timeout_s}; check the refresher's "
                     "log lines ([angle-ray] refresh ...) or raise mining.max_staleness")
             time.sleep(0.5)
             self.poll(step, force=True)
         self.wait_s += time.perf_counter() - started
 
+    def advance(self, step: int) -> None:
+        """Before `step`: look for / switch to a newer version, wait only past the bound."""
+        self.poll(step)
+        self.wait_if_stale(step)
+
     # --- what a batch gets
-    def attach(self, batch: dict) -> dict:
-        """The batch with `negative_<j>_ids/_hash` roles added (Format C), or as is (no version)."""
+    def attach(self, batch: TokenBatch) -> TokenBatch:
+        """The Format B `batch` as Format C with each query's k negatives, or as is while no
+        version is loaded. A query the version does not know is an error (KeyError)."""
         if self.current is None:
             return batch
-        out = dict(batch)
         table = self.current.negatives
-        k = self.m["k"]
         rows = []
-        for h in batch["query_hash"]:
+        for h in batch.hashes(QUERY):
             if int(h) not in table:
                 raise KeyError(f"negatives v{self.current.step} in {self.dir} have no entry for a "
                                "training query: the mined stream and the version disagree")
             rows.append(table[int(h)])
-        for j in range(k):
-            ids = np.empty(len(rows), dtype=object)
-            for r, (toks, _) in enumerate(rows):
-                ids[r] = toks[j]
-            out[f"negative_{j}_ids"] = ids
-            out[f"negative_{j}_hash"] = np.array([hashes[j] for _, hashes in rows], dtype=np.int64)
-        return out
+        k = self.m.k
+        return batch.with_negatives(
+            [ragged(toks[j] for toks, _ in rows) for j in range(k)],
+            [np.array([hashes[j] for _, hashes in rows], dtype=np.int64) for j in range(k)])
 
     def metrics(self, step: int) -> dict:
         return {"neg/version": self.current.step if self.current else -1,
                 "neg/staleness": self.staleness(step), "neg/wait_s": self.wait_s,
                 "neg/versions_used": len(self.used),
                 "neg/refresh_s": self.current.refresh_s if self.current else 0.0}
+
+
+def open_negatives_feed(plan: NegativesPlan | None, model_cfg: ModelConfig) -> NegativesFeed | None:
+    """The feed for the job's published negatives, primed with the newest version on disk."""
+    if plan is None:
+        return None
+    feed = NegativesFeed(plan.dir, plan.mining, load_tokenizer(model_cfg), model_cfg.max_length)
+    feed.prime()
+    return feed

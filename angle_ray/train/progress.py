@@ -3,7 +3,9 @@
 `ProgressCallback` runs in Ray Train's controller (it receives every `ray.train.report`),
 prints one line per report (step/total, loss, samples/s, ETA, dev metric) and appends the
 metrics to `<run>/metrics.csv` and TensorBoard event files under `<run>/tensorboard/`.
-`plot_curves` turns metrics.csv into `<run>/curves.png` when the run ends.
+`read_metrics` reads metrics.csv back (one dict per report); `plot_curves` turns it into
+`<run>/curves.png` when the run ends. The worker side of the reports is
+`angle_ray.train.reporting`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,38 @@ import math
 import time
 from pathlib import Path
 
+import matplotlib
 from ray.train import UserCallback
+from torch.utils.tensorboard import SummaryWriter
+
+METRICS_FILE = "metrics.csv"
+
+
+def _value(text: str) -> int | float | str:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _value(v) for k, v in row.items() if v not in (None, "")}
+                for row in csv.DictReader(f)]
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, int | float | str]]:
+    """`<run_dir>/metrics.csv` as one dict per report, in file order ([] without the file).
+
+    A cell left empty (a metric that report did not carry) is absent from its dict; numbers
+    come back as int or float (`nan` as float nan), anything else as the string written.
+    A resumed run appends its reports, so a step can appear twice: the later row is newer.
+    """
+    return _read_rows(Path(run_dir) / METRICS_FILE)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -46,12 +79,10 @@ class ProgressCallback(UserCallback):
         self.start = None
         self.start_step = 0
         self.writer = None
-        self.csv = MetricsCsv(Path(run_dir) / "metrics.csv")
+        self.csv = MetricsCsv(Path(run_dir) / METRICS_FILE)
 
     def _tb(self):
         if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.writer = SummaryWriter(str(Path(self.run_dir) / "tensorboard"))
         return self.writer
 
@@ -84,10 +115,7 @@ class MetricsCsv:
 
     def add(self, row: dict) -> None:
         if self.rows is None:
-            self.rows = []
-            if self.path.exists():
-                with self.path.open() as f:
-                    self.rows = list(csv.DictReader(f))
+            self.rows = _read_rows(self.path)
             for r in self.rows:
                 self.keys.extend(k for k in r if k not in self.keys)
         row = {k: v for k, v in row.items() if isinstance(v, (int, float, str))}
@@ -108,22 +136,18 @@ class MetricsCsv:
 def plot_curves(run_dir: str | Path) -> Path | None:
     """Loss (and dev metric when present) against step, from metrics.csv, as curves.png."""
     run_dir = Path(run_dir)
-    src = run_dir / "metrics.csv"
-    if not src.exists():
+    rows = read_metrics(run_dir)
+    if not rows:
         return None
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with src.open() as f:
-        rows = list(csv.DictReader(f))
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
     def series(key):
-        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "nan")]
+        pts = [(int(r["step"]), float(r[key])) for r in rows
+               if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    has_dev = any(r.get("dev_metric") not in (None, "", "nan") for r in rows)
+    has_dev = bool(series("dev_metric")[0])
     fig, axes = plt.subplots(1, 2 if has_dev else 1, figsize=(11 if has_dev else 6, 4))
     axes = list(axes) if has_dev else [axes]
     x, y = series("loss")

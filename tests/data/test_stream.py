@@ -1,22 +1,22 @@
-"""The Ray Data stream: validation pass on the driver, skip reports, per-epoch sampling."""
+"""The Ray Data stream: validation pass on the driver, skip reports, per-epoch sampling, and
+the tokenising step (one token-id and hash column per role)."""
 
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from angle_ray.config import DatasetConfig, ModelConfig
 from angle_ray.data.errors import DataError
 from angle_ray.data.stream import (
     normalised_corpus,
-    roles,
     text_hash,
     tokenize_batch,
     tokenized_epochs,
     validate_corpus,
 )
-
-pytestmark = pytest.mark.slow
+from angle_ray.models.backbone import load_tokenizer
 
 
 def _write(path, rows):
@@ -29,6 +29,7 @@ def stsb_rows(data_dir):
     return [json.loads(x) for x in (data_dir / "stsb" / "train.jsonl").open().readlines()[:50]]
 
 
+@pytest.mark.slow
 def test_skip_policy_counts_and_locates_every_bad_row(ray_local, tmp_path, stsb_rows):
     rows = list(stsb_rows)
     rows[4] = "{not json"
@@ -43,6 +44,7 @@ def test_skip_policy_counts_and_locates_every_bad_row(ray_local, tmp_path, stsb_
     assert "line 10" in check.summary() and "outside" in check.summary()
 
 
+@pytest.mark.slow
 def test_error_policy_raises_the_first_bad_row_on_the_driver(ray_local, tmp_path, stsb_rows):
     rows = list(stsb_rows)
     rows[30] = {"text1": "a", "text2": "b"}
@@ -52,6 +54,7 @@ def test_error_policy_raises_the_first_bad_row_on_the_driver(ray_local, tmp_path
         validate_corpus(cfg, normalised_corpus(cfg, "A"))
 
 
+@pytest.mark.slow
 def test_each_epoch_samples_list_fields_reproducibly(ray_local, tmp_path, stsb_rows):
     choices = [r["text2"] for r in stsb_rows[:6]]
     rows = [{"query": r["text1"], "positive": choices} for r in stsb_rows[:20]]
@@ -75,8 +78,29 @@ def test_each_epoch_samples_list_fields_reproducibly(ray_local, tmp_path, stsb_r
     assert seen == Counter(epoch_pairs(0) + epoch_pairs(1) + epoch_pairs(2))
 
 
-def test_roles_name_every_text_the_model_encodes():
-    assert roles("A") == ["text1", "text2"]
-    assert roles("C", 2) == ["query", "positive", "negative_0", "negative_1"]
-    with pytest.raises(ValueError, match="unknown data format"):
-        roles("D")
+def _normalised_batch(records: list[dict]) -> dict:
+    """What `normalise_batch` hands the tokeniser: sources, record JSON, bad-row marks."""
+    return {"_source": np.array([f"f.jsonl:{i + 1}" for i in range(len(records))], dtype=object),
+            "_record": np.array([json.dumps(r) for r in records], dtype=object),
+            "_bad": np.array([""] * len(records), dtype=object)}
+
+
+def test_tokenize_batch_writes_one_ids_and_hash_column_per_role():
+    records = [{"query": "q one", "positive": "p one", "negative": ["n a", "n b"]},
+               {"query": "q two", "positive": "p two", "negative": ["n c"]}]
+    model_cfg = ModelConfig(max_length=16)
+    out = tokenize_batch(_normalised_batch(records), model_cfg.model_dump_json(), "C", 2, 7, 0, 16)
+    assert set(out) == {f"{r}_{c}" for r in ("query", "positive", "negative_0", "negative_1")
+                        for c in ("ids", "hash")}
+    # row 1 has one negative: both negative roles reuse it
+    assert out["negative_0_hash"][1] == out["negative_1_hash"][1] == text_hash("n c")
+    assert out["query_hash"].tolist() == [text_hash("q one"), text_hash("q two")]
+    assert out["positive_ids"][0].tolist() == load_tokenizer(model_cfg)("p one")["input_ids"]
+    assert out["query_ids"][0].dtype == np.int32
+
+
+def test_tokenize_batch_keeps_format_a_labels():
+    records = [{"text1": "a", "text2": "b", "label": 0.25}, {"text1": "c", "text2": "d", "label": 1.0}]
+    out = tokenize_batch(_normalised_batch(records), ModelConfig().model_dump_json(), "A", 1, 7, 0, 16)
+    assert out["label"].tolist() == [0.25, 1.0] and out["label"].dtype == np.float32
+    assert out["text2_hash"].tolist() == [text_hash("b"), text_hash("d")]

@@ -50,10 +50,3 @@ def tiny_job(tmp_path, tiny_llm_dir, stsb_slice):
         return config_from_dict(raw)
 
     return make
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    import csv
-
-    with (Path(run_dir) / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))

@@ -9,7 +9,7 @@ import pytest
 from angle_ray.config import config_from_dict
 from angle_ray.mining.publish import list_versions, read_version
 from angle_ray.train.driver import run_training
-from tests.train.conftest import read_metrics
+from angle_ray.train.progress import read_metrics
 
 pytestmark = pytest.mark.slow  # Ray Train + an encoder actor pool
 

@@ -2,7 +2,7 @@ import pytest
 
 from angle_ray.config import TrainConfig
 from angle_ray.train.engine import deepspeed_config, lr_lambda, warmup_steps
-from angle_ray.train.loop import pick_stream
+from angle_ray.train.streams import pick_stream
 
 
 def test_warmup_fraction_and_absolute_steps():

@@ -1,6 +1,6 @@
 """2 workers x batch b must train exactly like 1 worker x batch 2b on the same rows.
 
-The embeddings are all-gathered so in-batch negatives span the global batch, and the loss is
+Each worker runs the real `train_step`. The embeddings are all-gathered so in-batch negatives span the global batch, and the loss is
 scaled by the world size before DDP's gradient averaging; if either broke, the loss or the
 gradients of the two runs would differ.
 """
@@ -20,44 +20,48 @@ PROBED = ("backbone.encoder.layer.0.attention.self.query.weight",
 
 
 def _loss_and_grads(config):
+    import numpy as np
     import ray.train
 
     from angle_ray.config import LossConfig, ModelConfig, TrainConfig
+    from angle_ray.data.collate import TokenBatch, pad, ragged
+    from angle_ray.data.roles import to_loss_layout
     from angle_ray.data.stream import text_hash
     from angle_ray.losses import build_loss
     from angle_ray.models.backbone import build_model
     from angle_ray.train.engine import make_engine
-    from angle_ray.train.gather import gather_cat, world
-    from angle_ray.train.loop import split_roles
+    from angle_ray.train.gather import world
+    from angle_ray.train.step import train_step
 
     rank, size = world()
     model = build_model(ModelConfig(max_length=48))
     model.eval()  # dropout off: both runs must see the same function
-    engine = make_engine(model, TrainConfig(strategy="ddp"), 10, torch.device("cpu"))
+    # grad_accum=2: the step accumulates without an optimiser update, so the gradients of the
+    # step stay on the parameters for the comparison (halved in both runs alike)
+    engine = make_engine(model, TrainConfig(strategy="ddp", grad_accum=2), 10, torch.device("cpu"))
     rows = config["rows"]
     b = len(rows) // size
     mine = rows[rank * b:(rank + 1) * b]
-    texts = [r["text1"] for r in mine] + [r["text2"] for r in mine]
-    batch = model.tokenize(texts)
-    hashes = torch.tensor([text_hash(t) for t in texts])
-    emb = engine.forward(batch["input_ids"], batch["attention_mask"])
-    per_role, ids = split_roles(emb, hashes, ["text1", "text2"])
-    labels = gather_cat(torch.tensor([r["label"] / 5.0 for r in mine]))
+    columns = {"label": np.array([r["label"] / 5.0 for r in mine], dtype=np.float32)}
+    for role in ("text1", "text2"):
+        texts = [r[role] for r in mine]
+        columns[f"{role}_ids"] = ragged(model.tokenizer(texts, truncation=True, max_length=48)["input_ids"])
+        columns[f"{role}_hash"] = np.array([text_hash(t) for t in texts])
+    batch = pad(TokenBatch("A", 1, columns), model.tokenizer.pad_token_id, left_pad=False)
     loss_fn = build_loss(LossConfig(cosine_w=1.0, ibn_w=1.0, angle_w=0.02, ibn_threshold=0.6))
-    loss, _ = loss_fn(per_role, "A", labels=labels, ids=ids)
     # what the loss would be with this worker's rows only (no all-gather), for the guard below
-    local = emb.detach().reshape(2, len(mine), -1)
-    local_loss, _ = loss_fn({"text1": local[0], "text2": local[1]}, "A",
-                            labels=torch.tensor([r["label"] / 5.0 for r in mine]))
-    engine.backward(loss * size)
+    with torch.no_grad():
+        local = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).float()
+        local_loss, _ = loss_fn(to_loss_layout(local, "A", 2), "A", labels=batch.labels)
+    result = train_step(engine, loss_fn, batch, torch.device("cpu"))
     params = dict(model.named_parameters())
     if rank == 0:  # one machine: the test reads rank 0's view from a file
-        out = {"loss": loss.item(), "local_loss": local_loss.item(),
+        out = {"loss": result.loss, "local_loss": local_loss.item(),
                "grads": {n: params[n].grad.flatten()[:300].tolist() for n in PROBED},
                "grad_norm": float(torch.sqrt(sum((p.grad ** 2).sum() for p in params.values())))}
         with open(config["out"], "w") as f:
             json.dump(out, f)
-    ray.train.report({"loss": loss.item()})
+    ray.train.report({"loss": result.loss})
 
 
 def _fit(rows, workers, tmp_path):

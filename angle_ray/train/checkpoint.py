@@ -1,0 +1,50 @@
+"""A worker's checkpoints: resume from Ray Train's latest one, save and report a new one.
+
+A checkpoint folder holds every rank's engine state (DeepSpeed shards or the DDP files), and
+from rank 0 `trainer_state.json` (step, final flag, metrics, job config) and `model/`, a
+complete model folder (what the refresher mines with and the driver exports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ray.train
+from ray.train import Checkpoint
+
+from angle_ray.config import JobConfig
+
+STATE_FILE = "trainer_state.json"
+MODEL_DIR = "model"
+
+
+def resume(engine, rank: int, total_steps: int) -> int:
+    """Load the latest reported checkpoint into `engine`; returns its step (0 without one)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0
+    with ckpt.as_directory() as folder:
+        engine.load(folder)
+        step = json.loads((Path(folder) / STATE_FILE).read_text())["step"]
+    if rank == 0:
+        print(f"[angle-ray] resumed from checkpoint at step {step}/{total_steps}", flush=True)
+    return step
+
+
+def save_and_report(engine, job: JobConfig, step: int, metrics: dict, rank: int,
+                    last: bool) -> None:
+    """Every rank writes its engine shard; rank 0 adds the step, config and an HF model folder."""
+    with tempfile.TemporaryDirectory(prefix="angle-ckpt-") as folder:
+        engine.save(folder)
+        with engine.full_weights():
+            if rank == 0:
+                engine.model.save(os.path.join(folder, MODEL_DIR))
+        if rank == 0:
+            (Path(folder) / STATE_FILE).write_text(json.dumps(
+                {"step": step, "final": last, "metrics": metrics,
+                 "config": job.model_dump(mode="json")}, indent=1))
+        wrote = any(Path(folder).iterdir())
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if wrote else None)

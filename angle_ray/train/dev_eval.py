@@ -1,0 +1,34 @@
+"""The dev metric during training: STS Spearman x100, or retrieval nDCG@10 x100."""
+
+from __future__ import annotations
+
+from angle_ray.eval.retrieval import evaluate_retrieval
+from angle_ray.eval.sts import sts_spearman
+from angle_ray.train.plan import DevSet, RetrievalDev
+
+
+class DevEvaluator:
+    """Scores the engine's model on the plan's dev set (eval mode, full weights)."""
+
+    def __init__(self, dev: DevSet, batch_size: int):
+        self.dev = dev
+        self.batch_size = batch_size
+
+    def run(self, engine, rank: int) -> float:
+        if rank != 0 and not engine.all_ranks_forward_for_eval:
+            return float("nan")  # rank 0's value is the one Ray Train records
+        model = engine.model
+        model.eval()
+        try:
+            with engine.full_weights():
+                return self._measure(model)
+        finally:
+            model.train()
+
+    def _measure(self, model) -> float:
+        d = self.dev
+        if isinstance(d, RetrievalDev):
+            return evaluate_retrieval(model, d.corpus, d.queries, d.qrels,
+                                      batch_size=self.batch_size, show_progress=False)["ndcg@10"]
+        return sts_spearman(model, d.text1, d.text2, d.gold, batch_size=self.batch_size,
+                            desc="dev", show_progress=False)
