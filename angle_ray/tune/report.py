@@ -22,6 +22,7 @@ from typing import Any
 from ray.tune import ExperimentAnalysis
 
 from angle_ray.config import dump_config
+from angle_ray.train.progress import read_metrics
 from angle_ray.tune.layout import Sweep
 from angle_ray.tune.space import Param, with_values
 
@@ -89,16 +90,11 @@ def _float(v) -> float:
 
 def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
     """(step, metric) of every report of a trial's Train run that carries the metric."""
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
     pts = {}
-    for r in rows:
-        v = _float(r.get(metric))
-        if math.isfinite(v) and r.get("step"):
-            pts[int(float(r["step"]))] = v  # a resumed run re-reports a step: keep the newest
+    for row in read_metrics(run_dir):
+        value = _float(row.get(metric))
+        if math.isfinite(value) and "step" in row:
+            pts[int(row["step"])] = value  # a resumed run re-reports a step: keep the newest
     return sorted(pts.items())
 
 
