@@ -1,0 +1,1 @@
+"""An HTTP embedding endpoint on Ray Serve (`angle-ray serve`): OpenAI-style `/v1/embeddings`."""
