@@ -37,11 +37,11 @@ POOLINGS = get_args(ModelConfig.model_fields["pooling"].annotation)  # without i
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    resolve_tasks(args.tasks, data_dir)  # fail on unknown names before loading anything
     from angle_ray.eval.runner import markdown_table, run_tasks, write_json
     from angle_ray.models.loader import load_model
 
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    resolve_tasks(args.tasks, data_dir)  # fail on unknown names before loading a model
     model = load_model(args.model, pooling=args.pooling, max_length=args.max_length,
                        is_llm=args.is_llm, dtype=args.dtype)
     results = run_tasks(model, args.tasks, data_dir, batch_size=args.batch_size, dtype=args.dtype)
@@ -68,9 +68,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)  # before the heavy imports: config errors first
     from angle_ray.train.driver import run_training
 
-    cfg = load_config(args.config, args.overrides)
     before = _eval_quietly(cfg.model.name_or_path, cfg, args.eval_tasks) if args.eval_tasks else None
     run = run_training(cfg, address=args.address)
     print(f"[angle-ray] run folder: {run.run_dir}")
@@ -94,6 +94,11 @@ def _eval_quietly(model_path: str, cfg: JobConfig, tasks: str) -> dict[str, floa
 
 def cmd_qa_hard(args: argparse.Namespace) -> int:
     """Evaluate on QA rows, train on the ones the model gets wrong, evaluate again (a table)."""
+    cfg = load_config(args.config, args.overrides)
+    source = args.qa or args.from_beir or (cfg.data[0].path if cfg.data else None)
+    if source is None:
+        raise ConfigError(f"{args.config}: give --qa FILE or --from-beir DIR (or a `data:` entry "
+                          "naming one)")
     from angle_ray.data.qa import read_qa, write_qa
     from angle_ray.train.driver import run_dir_of
     from angle_ray.workflows.qa_hard import (
@@ -103,11 +108,6 @@ def cmd_qa_hard(args: argparse.Namespace) -> int:
         run_qa_hard,
     )
 
-    cfg = load_config(args.config, args.overrides)
-    source = args.qa or args.from_beir or (cfg.data[0].path if cfg.data else None)
-    if source is None:
-        raise ConfigError(f"{args.config}: give --qa FILE or --from-beir DIR (or a `data:` entry "
-                          "naming one)")
     path = expand_path(source)
     if args.from_beir or (not args.qa and is_beir_folder(path)):
         print(f"[angle-ray] qa-hard: building QA rows from {path} ({args.candidates} BM25 "
@@ -126,12 +126,12 @@ def cmd_qa_hard(args: argparse.Namespace) -> int:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     """Static hard negatives from the job's `mining:` section (BM25 or a model) to one file."""
-    from angle_ray.mining.static import mine_static, output_format, summary, write_negatives
-
     cfg = load_config(args.config, args.overrides)
     if cfg.mining is None:
         raise ConfigError(f"{args.config} has no `mining:` section; add one (e.g. mining: {{beir: "
                           "\"{data_dir}/scifact\"}), see README 'Mining hard negatives (static)'")
+    from angle_ray.mining.static import mine_static, output_format, summary, write_negatives
+
     rows, manifest = mine_static(cfg.mining, model=args.model, batch_size=args.batch_size,
                                  dtype=args.dtype)
     out = write_negatives(rows, args.output, output_format(args.output, cfg.mining.output_format))
@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"angle-ray {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one `error:` line")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to run (`angle-ray COMMAND --help` for its options)")
     for add in (_add_train_parser, _add_eval_parser, _add_export_parser, _add_qa_hard_parser,
                 _add_mine_parser, _add_sweep_parser):
         add(sub)
@@ -320,9 +321,11 @@ def find_user_error(err: BaseException) -> BaseException | None:
 
 
 def _one_line(err: BaseException) -> str:
+    """The message on one line: a heading and its indented items joined ("a: b; c")."""
     if isinstance(err, OSError) and err.filename is not None:  # not "[Errno 2] No such file..."
         return f"{err.filename}: {err.strerror or err}"
-    return str(err)
+    head, *items = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    return f"{head} {'; '.join(items)}" if items else head
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from local_ray_cluster import RAY_CLI, LocalRayCluster, read_csv_rows
 
-from angle_ray.models.backbone import load_embedding_model
+from angle_ray.models.backbone import ANGLE_RAY_FILE, load_embedding_model
 
 # slow: minutes; the timeout is a backstop (each wait below has its own bound)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -130,7 +130,7 @@ def test_submitted_quickstart_job_trains_and_leaves_its_artefacts(head, working_
     states = [json.loads(p.read_text()) for p in run_dir.glob("checkpoint_*/trainer_state.json")]
     assert max(s["step"] for s in states) == 4
     assert any(s["step"] == 4 and s["final"] for s in states)
-    assert json.loads((run_dir / "model" / "angle_ray.json").read_text())
+    assert json.loads((run_dir / "model" / ANGLE_RAY_FILE).read_text())
     assert (run_dir / "config.yaml").is_file()
     model = load_embedding_model(str(run_dir / "model"))
     assert model.cfg.is_llm and model.cfg.pooling == "last"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from angle_ray.data.errors import DataError
-from angle_ray.models.backbone import load_embedding_model
+from angle_ray.models.backbone import ANGLE_RAY_FILE, load_embedding_model
 from angle_ray.train.driver import run_training
 from angle_ray.train.progress import read_metrics
 from angle_ray.train.streams import pick_stream
@@ -116,7 +116,7 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes_planned_steps(ray_lo
     assert int(rows[-1]["step"]) == 200
     resumed = {int(r["resumed_from"]) for r in rows}
     assert max(resumed) >= 10  # a restarted worker group loaded a checkpoint
-    assert json.loads((run.model_dir / "angle_ray.json").read_text())
+    assert json.loads((run.model_dir / ANGLE_RAY_FILE).read_text())
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from angle_ray.models.backbone import ANGLE_RAY_FILE
 from angle_ray.tune.layout import TRIALS_DIR
 from angle_ray.tune.pbt import STATE
 from angle_ray.tune.sweep import plan_sweep, run_sweep
@@ -38,7 +39,7 @@ def test_pbt_weak_trial_continues_from_the_strong_trials_weights(tiny_job_file, 
     from_base = [json.loads((r / "warm_start.json").read_text()) for r in runs]
     assert base.trial_id in [w["from_trial"] for w in from_base]  # it took the strong weights
     run = runs[0]
-    assert (run / "init_model" / "angle_ray.json").exists()
+    assert (run / "init_model" / ANGLE_RAY_FILE).exists()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["name_or_path"] == str(run / "init_model")
     assert config["train"]["max_steps"] == 6 - from_base[0]["step"]  # only the steps left

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from angle_ray.config import load_config
+from angle_ray.models.backbone import ANGLE_RAY_FILE
 from angle_ray.train.driver import run_training
 from angle_ray.tune.layout import TRIALS_DIR
 from angle_ray.tune.report import read_curve
@@ -147,4 +148,4 @@ def test_best_yaml_reruns_as_is_to_the_same_dev_metric(sweep_run, tmp_path):
     assert [s for s, _ in rerun] == [s for s, _ in trial] == [2, 4, 6, 8]
     for (_, a), (_, b) in zip(rerun, trial):
         assert a == pytest.approx(b, abs=1e-4)  # Spearman x100: same seed, same batches, same sums
-    assert run.model_dir is not None and (run.model_dir / "angle_ray.json").exists()
+    assert run.model_dir is not None and (run.model_dir / ANGLE_RAY_FILE).exists()

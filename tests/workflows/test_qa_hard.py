@@ -13,6 +13,7 @@ from angle_ray.config import load_config
 from angle_ray.data.beir import load_beir, split_qrels_by_query
 from angle_ray.data.errors import DataError
 from angle_ray.data.qa import QARow, read_qa, write_qa
+from angle_ray.models.backbone import ANGLE_RAY_FILE
 from angle_ray.workflows.qa_hard import (
     accuracy,
     make_qa_from_beir,
@@ -222,5 +223,5 @@ def test_qa_hard_command_trains_on_hard_rows_and_reports_before_and_after(
     assert result["after"]["hard examples"]["top1"] > 0.0
     assert len(result["train_loss"]) == 2 and result["train_loss"][1] < result["train_loss"][0]
     assert Path(result["model_dir"]).parent.name.startswith("train_margin_")
-    assert (Path(result["model_dir"]) / "angle_ray.json").is_file()
+    assert (Path(result["model_dir"]) / ANGLE_RAY_FILE).is_file()
     assert len(read_qa(run_dir / "qa.jsonl")) == 32

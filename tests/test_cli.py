@@ -1,0 +1,159 @@
+"""angle_ray/cli.py: every user error is one `error: ...` line on stderr and exit code 2, with no
+traceback (the commands run as a user runs them: a separate `python -m angle_ray.cli` process),
+`--debug` re-raises, and errors that Ray wrapped are unwrapped to the user error inside."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ray.exceptions import RayTaskError
+from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+from ray.train.v2.api.exceptions import WorkerGroupError
+
+from angle_ray import __version__
+from angle_ray.cli import USER_ERROR_EXIT, find_user_error, main
+from angle_ray.config import ConfigError
+from angle_ray.data.errors import DataError
+from angle_ray.models.loader import ModelLoadError
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "jobs" / "configs" / "quickstart.yaml"
+
+
+def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "angle_ray.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == USER_ERROR_EXIT == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1, proc.stderr
+    assert message in error_lines[0], error_lines[0]
+
+
+def test_version_prints_the_package_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"angle-ray {__version__}"
+
+
+def test_every_option_has_a_help_text():
+    from angle_ray.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them only here
+    for name, sub in {"angle-ray": parser, **commands}.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+
+
+def test_train_with_a_bad_config_key_names_the_key(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("train:\n  epoch: 3\n")  # the key is `epochs`
+    assert_user_error(run_cli("train", "--config", str(config)),
+                      f"invalid config ({config}): unknown key 'train.epoch'")
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    assert_user_error(run_cli("train", "--config", str(missing)), f"config file not found: {missing}")
+
+
+def test_eval_of_a_missing_model_folder_names_the_path():
+    proc = run_cli("eval", "--model", "/no/such/dir", "--tasks", "stsb")
+    assert_user_error(proc, "/no/such/dir: no such model folder")
+    assert "repo id" not in proc.stderr.lower()
+
+
+def test_export_of_a_missing_model_folder_names_the_path(tmp_path):
+    proc = run_cli("export", "--model", "/no/such/dir", "--output", str(tmp_path / "out"))
+    assert_user_error(proc, "/no/such/dir: no such model folder")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_an_unknown_task_lists_the_known_ones():
+    proc = run_cli("eval", "--tasks", "stsb,nosuchtask")
+    assert_user_error(proc, "unknown task(s) ['nosuchtask']; choose from stsb")
+
+
+def test_mine_without_a_mining_section_says_what_to_add(tmp_path):
+    proc = run_cli("mine", "--config", str(QUICKSTART), "--output", str(tmp_path / "neg.jsonl"))
+    assert_user_error(proc, f"{QUICKSTART} has no `mining:` section")
+
+
+def test_debug_shows_the_error_itself():
+    with pytest.raises(ModelLoadError, match="/no/such/dir"):
+        main(["--debug", "export", "--model", "/no/such/dir", "--output", "unused"])
+
+
+def test_a_bug_is_not_turned_into_a_user_error(monkeypatch, capsys):
+    def broken(args):
+        raise KeyError("a programming error")
+
+    monkeypatch.setattr("angle_ray.cli.cmd_eval", broken)
+    with pytest.raises(KeyError):
+        main(["eval", "--tasks", "stsb"])  # parser built after the patch: it calls `broken`
+
+
+# --- errors Ray wrapped ------------------------------------------------------------------------
+
+BAD_ROW = DataError("data/train.jsonl", 7, "text2", "empty text")
+
+
+def test_a_data_error_from_a_ray_task_is_unwrapped():
+    wrapped = RayTaskError("read_fn", "Traceback (most recent call last): ...", BAD_ROW)
+    assert find_user_error(wrapped) is BAD_ROW
+    # Ray re-raises it as a class that is both a RayTaskError and a DataError: its own text is
+    # the remote traceback, so the DataError inside is the one to print
+    dual = wrapped.as_instanceof_cause()
+    assert isinstance(dual, DataError)
+    assert find_user_error(dual) is BAD_ROW
+
+
+def test_a_data_error_from_a_train_worker_is_unwrapped():
+    failure = WorkerGroupError("worker 1 failed", {
+        0: UserExceptionWithTraceback(RuntimeError("peer went away"), "tb 0"),
+        1: UserExceptionWithTraceback(BAD_ROW, "tb 1"),
+    })
+    assert find_user_error(failure) is BAD_ROW
+
+
+def test_a_chained_user_error_is_found_and_an_unrelated_error_is_not():
+    try:
+        try:
+            raise ConfigError("train.epochs: must be > 0")
+        except ConfigError as err:
+            raise RuntimeError("while planning the run") from err
+    except RuntimeError as outer:
+        assert str(find_user_error(outer)) == "train.epochs: must be > 0"
+    assert find_user_error(RuntimeError("no user error here")) is None
+
+
+def test_main_prints_the_unwrapped_error_line(monkeypatch, capsys):
+    def fails_in_ray(args):
+        raise RayTaskError("read_fn", "remote traceback", BAD_ROW).as_instanceof_cause()
+
+    monkeypatch.setattr("angle_ray.cli.cmd_eval", fails_in_ray)
+    assert main(["eval", "--tasks", "stsb"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: data/train.jsonl line 7, field 'text2': empty text\n"
+
+
+@pytest.mark.slow  # starts Ray (Ray Data reads the corpus) before the bad row stops it
+def test_train_on_a_row_with_an_empty_text_names_file_line_and_field(data_dir, tmp_path):
+    with open(data_dir / "stsb" / "train.jsonl") as f:
+        rows = [json.loads(line) for _, line in zip(range(40), f)]
+    rows[2]["text2"] = ""
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli("train", "--config", str(QUICKSTART), f"data.0.path={corpus}",
+                   f"train.storage_path={tmp_path / 'runs'}", "train.max_steps=2", "eval.dev=null",
+                   timeout=600)
+    assert_user_error(proc, f"{corpus} line 3, field 'text2': empty text")
