@@ -313,6 +313,22 @@ class JobConfig(_Strict):
             raise ValueError("loss.ese.enabled and train.grad_cache.enabled cannot be combined")
         return self
 
+    @model_validator(mode="after")
+    def _fp16_needs_a_loss_scaler(self) -> JobConfig:
+        # fp16 gradients underflow without loss scaling; only DeepSpeed on GPU brings a scaler
+        if self.model.dtype != "fp16":
+            return self
+        if not self.train.use_gpu:
+            raise ValueError(
+                "model.dtype=fp16 needs train.use_gpu=true: on CPU there is no fp16 loss scaler "
+                "(and fp16 matmuls are emulated); use model.dtype=bf16 or fp32")
+        if self.train.strategy == "ddp":
+            raise ValueError(
+                "model.dtype=fp16 with train.strategy=ddp would train without a loss scaler "
+                "(fp16 gradients underflow); use model.dtype=bf16, or train.strategy=deepspeed "
+                "(its dynamic loss scaler) with train.use_gpu=true")
+        return self
+
 
 def _parse_scalar(text: str) -> Any:
     """`lr=3e-5` -> 3e-05, `pooling=cls` -> 'cls', `dims=[64,32]` -> [64, 32] (YAML rules)."""
