@@ -219,6 +219,18 @@ def _settings(weights: str, st: StFolder | None, base: ModelConfig | None,
         raise ModelLoadError(f"{weights}: these model settings do not go together: {problems}") from None
 
 
+def _name_or_path(text: str, folder: Path | None, st: StFolder | None) -> str:
+    """What ModelConfig.name_or_path records: a name stays a name (the packaged default model, a
+    cached hub id), so a saved model finds its base on another machine; else the weights' folder."""
+    if folder is None:
+        return text
+    weights = st.weights_dir if st else folder
+    if not (weights / HF_CONFIG_FILE).is_file():
+        raise ModelLoadError(f"{text}: {weights} holds no model (looked for {LOOKED_FOR})")
+    named = weights == folder and not Path(text).expanduser().exists()
+    return text if named else str(weights)
+
+
 def load_model(ref: str | os.PathLike, *, pooling: str | None = None, max_length: int | None = None,
                is_llm: bool = False, dtype: str | None = None,
                base: ModelConfig | None = None) -> EmbeddingModel:
@@ -227,11 +239,8 @@ def load_model(ref: str | os.PathLike, *, pooling: str | None = None, max_length
     if folder is not None and (folder / ANGLE_RAY_FILE).is_file():
         return _load_angle_ray(folder, pooling, max_length, is_llm, dtype)
     st = read_st_folder(folder) if folder is not None and (folder / ST_MODULES_FILE).is_file() else None
-    weights = str(st.weights_dir if st else folder) if folder is not None else text
-    if folder is not None and not (Path(weights) / HF_CONFIG_FILE).is_file():
-        raise ModelLoadError(f"{text}: {weights} holds no model (looked for {LOOKED_FOR})")
     explicit = {"pooling": pooling, "max_length": max_length, "is_llm": is_llm, "dtype": dtype}
-    cfg = _settings(weights, st, base, explicit)
+    cfg = _settings(_name_or_path(text, folder, st), st, base, explicit)
     usage = ({"prompts": st.prompts, "default_prompt_name": st.default_prompt_name,
               "normalize": st.normalize} if st else None)
     try:

@@ -45,8 +45,8 @@ from angle_ray.errors import UserError
 from angle_ray.eval.retrieval import top_k_accuracy
 from angle_ray.mining.bm25 import bm25_candidates
 from angle_ray.mining.task import load_mining_task
-from angle_ray.models.backbone import build_model, load_embedding_model
 from angle_ray.models.embedder import encode
+from angle_ray.models.loader import load_model
 from angle_ray.train.driver import run_dir_of, run_training
 
 TOP_KS = (1, 3, 5)
@@ -230,6 +230,14 @@ def _logged_losses(run_dir: Path) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")]
 
 
+def _write_hard_examples(run_dir: Path, hard: list[dict]) -> tuple[Path, str]:
+    """The hard examples as Format C JSONL in the run folder: (its path, its text)."""
+    text = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in hard)
+    path = run_dir / HARD_FILE
+    path.write_text(text, encoding="utf-8")
+    return path, text
+
+
 def run_qa_hard(cfg: JobConfig, rows: Sequence[QARow], top_k: int = 1, loss: str = "cln",
                 max_negatives: int = 3, eval_fraction: float = 0.2, seed: int = 0,
                 address: str | None = None, model=None, show_progress: bool = True) -> QAHardResult:
@@ -263,15 +271,12 @@ def run_qa_hard(cfg: JobConfig, rows: Sequence[QARow], top_k: int = 1, loss: str
 
     _log(f"{len(rows)} QA rows: {n_train} to mine and train on, {len(held_rows)} held out "
          f"(eval_fraction {eval_fraction}, seed {seed}); evaluating {cfg.model.name_or_path}")
-    model = model if model is not None else build_model(cfg.model)
+    model = model if model is not None else load_model(cfg.model.name_or_path, base=cfg.model)
     scores = evaluate(model, "before")
     hard_idx, hard = select_hard(train_rows, scores[:n_train], top_k, max_negatives)
-    hard_text = "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in hard)
-    hard_path = run_dir / HARD_FILE
-    hard_path.write_text(hard_text, encoding="utf-8")
-    sets = {"train part": n_train, "hard examples": len(hard)}
-    if held_rows:
-        sets["held-out"] = len(held_rows)
+    hard_path, hard_text = _write_hard_examples(run_dir, hard)
+    sets = {"train part": n_train, "hard examples": len(hard),
+            **({"held-out": len(held_rows)} if held_rows else {})}
     result = QAHardResult(run_dir, hard_path, None, sets, figures(scores, hard_idx), loss=loss,
                           seconds=seconds)
     _log(f"before: {json.dumps(result.before)}")
@@ -282,14 +287,14 @@ def run_qa_hard(cfg: JobConfig, rows: Sequence[QARow], top_k: int = 1, loss: str
         return result
 
     start = time.perf_counter()
+    # the run is named by its hard examples: a re-run resumes only a run trained on the same rows
     tag = hashlib.sha256(hard_text.encode()).hexdigest()[:8]
     run = run_training(training_config(cfg, hard_path, loss, max_negatives, tag), address=address)
     seconds["train"] = round(time.perf_counter() - start, 1)
     if run.model_dir is None:
         raise RuntimeError(f"training wrote no model (run folder {run.run_dir})")
-    result.model_dir = run.model_dir
-    result.train_loss = _logged_losses(run.run_dir)
-    result.after = figures(evaluate(load_embedding_model(run.model_dir), "after"), hard_idx)
+    result.model_dir, result.train_loss = run.model_dir, _logged_losses(run.run_dir)
+    result.after = figures(evaluate(load_model(run.model_dir), "after"), hard_idx)
     _write(result)
     return result
 
