@@ -19,8 +19,24 @@ import numpy as np
 import torch
 
 from angle_ray.config import ModelConfig, PoolConfig
+from angle_ray.models.backbone import EmbeddingModel
 from angle_ray.models.embedder import encode
-from angle_ray.models.loader import load_model
+from angle_ray.models.loader import ModelLoadError, load_model
+
+
+def resolve_prompt(model: EmbeddingModel, prompt: str | None = None, prompt_name: str | None = None,
+                   use_default: bool = False) -> str | None:
+    """The prompt template every text gets: `prompt` as given, else the model's saved prompt
+    `prompt_name`, else (with `use_default`, as sentence-transformers does) the model's default
+    prompt; None for no prompt. An unknown name is a ModelLoadError listing the saved ones."""
+    if prompt is not None:
+        return prompt
+    name = prompt_name or (model.default_prompt_name if use_default else None)
+    if name is None:
+        return None
+    if name not in model.prompts:
+        raise ModelLoadError(f"prompt name {name!r}: the model has prompts {sorted(model.prompts)}")
+    return model.prompts[name]
 
 
 class TextEncoder:
@@ -30,14 +46,14 @@ class TextEncoder:
     (built with the job's ``model:`` settings, ``model_cfg_json``, exactly as training built it)."""
 
     def __init__(self, model_ref: str, model_cfg_json: str | None, max_length: int | None, threads: int,
-                 prompt: str | None = None):
+                 prompt: str | None = None, prompt_name: str | None = None, default_prompt: bool = False):
         torch.set_num_threads(threads)
         # no job settings (angle-ray embed): the model folder's own pooling / max_length
         cfg = ModelConfig.model_validate_json(model_cfg_json) if model_cfg_json else None
         self.model = load_model(model_ref, max_length=max_length, base=cfg).eval()
         if torch.cuda.is_available():
             self.model = self.model.cuda()
-        self.prompt = prompt
+        self.prompt = resolve_prompt(self.model, prompt, prompt_name, default_prompt)
 
     def __call__(self, batch: dict) -> dict:
         """`text` in, `emb` out; every other column (row ids, shard numbers) passes through."""
@@ -47,9 +63,11 @@ class TextEncoder:
 
 
 def encode_dataset(ds, model_ref: str, pool: PoolConfig, model_cfg: ModelConfig | None = None,
-                   max_length: int | None = None, prompt: str | None = None):
+                   max_length: int | None = None, prompt: str | None = None,
+                   prompt_name: str | None = None, default_prompt: bool = False):
     """`ds` (a Ray Dataset with a `text` column) with `text` replaced by `emb`, encoded lazily on
-    an actor pool of `pool.min_actors`..`pool.max_actors` `TextEncoder`s; other columns kept."""
+    an actor pool of `pool.min_actors`..`pool.max_actors` `TextEncoder`s; other columns kept.
+    Prompts as `resolve_prompt` picks them (by default none: mining passes the job's own)."""
     from ray.data import ActorPoolStrategy  # Ray Data only when a pool runs (see encode_with_pool)
 
     return ds.map_batches(
@@ -57,7 +75,8 @@ def encode_dataset(ds, model_ref: str, pool: PoolConfig, model_cfg: ModelConfig 
         fn_constructor_kwargs={"model_ref": model_ref,
                                "model_cfg_json": model_cfg.model_dump_json() if model_cfg else None,
                                "max_length": max_length, "threads": max(1, int(pool.cpus_per_actor)),
-                               "prompt": prompt},
+                               "prompt": prompt, "prompt_name": prompt_name,
+                               "default_prompt": default_prompt},
         batch_size=pool.batch_size, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_cpus=pool.cpus_per_actor,

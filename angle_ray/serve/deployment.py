@@ -24,6 +24,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from angle_ray.mining.encoder_pool import resolve_prompt
 from angle_ray.models.embedder import apply_prompt, encode
 from angle_ray.models.loader import load_model
 from angle_ray.serve.request import (
@@ -51,6 +52,7 @@ class ServeSettings:
     max_texts: int = 256
     max_chars: int = 8192
     prompt: str | None = None  # e.g. "query: {text}", applied to every text
+    prompt_name: str | None = None  # one of the model's saved prompts instead
     max_length: int | None = None
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
@@ -86,6 +88,8 @@ class EmbeddingReplica:
         torch.set_num_threads(max(1, int(self.settings.cpus_per_replica)))
         model = load_model(self.settings.model, max_length=self.settings.max_length)
         self.model = (model.cuda() if torch.cuda.is_available() else model).eval()
+        # the explicit prompt, a saved one by name, else the model's default (as sentence-transformers)
+        self.prompt = resolve_prompt(model, self.settings.prompt, self.settings.prompt_name, use_default=True)
         self.names = [self.settings.name, self.settings.model]
         self.embed_batch.set_max_batch_size(self.settings.max_batch_size)
         self.embed_batch.set_batch_wait_timeout_s(self.settings.batch_wait_s)
@@ -93,9 +97,9 @@ class EmbeddingReplica:
         self.counts = {"requests": 0, "rejected": 0, "batches": 0, "texts": 0}
 
     def _encode(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        vectors = encode(self.model, texts, batch_size=ENCODE_BATCH, prompt=self.settings.prompt,
+        vectors = encode(self.model, texts, batch_size=ENCODE_BATCH, prompt=self.prompt,
                          normalize=True, dtype=self.model.cfg.dtype, show_progress=False)
-        ids = self.model.tokenizer(apply_prompt(texts, self.settings.prompt), truncation=True, max_length=self.model.cfg.max_length)["input_ids"]
+        ids = self.model.tokenizer(apply_prompt(texts, self.prompt), truncation=True, max_length=self.model.cfg.max_length)["input_ids"]
         return vectors, [len(x) for x in ids]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)

@@ -21,6 +21,7 @@ import ray
 from ray import serve
 
 from angle_ray.errors import UserError
+from angle_ray.models.loader import locate
 from angle_ray.serve.deployment import ServeSettings, build_app
 from angle_ray.serve.request import key_digest
 from angle_ray.train.driver import init_ray
@@ -49,6 +50,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-name", default=None,
                    help="model name clients send and see (default: the model folder's name)")
     p.add_argument("--prompt", default=None, help="prompt applied to every text, with a {text} slot")
+    p.add_argument("--prompt-name", default=None,
+                   help="one of the model's saved prompts, applied to every text (default: the "
+                        "model's default prompt, if it names one)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="tokens per text (default: model's)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default 1)")
     p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default 0)")
@@ -61,16 +65,17 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         raise UserError(f"--port {args.port} is not a TCP port (1..65535)")
     if args.prompt is not None and "{text}" not in args.prompt:
         raise UserError(f"--prompt {args.prompt!r} has no '{{text}}' slot")
+    if args.prompt is not None and args.prompt_name is not None:
+        raise UserError("give --prompt or --prompt-name, not both")
+    locate(args.model)  # a missing model folder stops here, before Ray starts any replica
     model = args.model
-    if model.startswith((".", "/", "~")) or Path(model).expanduser().exists():
-        path = Path(model).expanduser().resolve()
-        if not path.exists():
-            raise UserError(f"--model {model}: no such folder ({path})")
-        model = str(path)  # replicas may run in another working directory (or node)
+    if Path(model).expanduser().exists():  # replicas may run in another directory (or node)
+        model = str(Path(model).expanduser().resolve())
     return ServeSettings(
         model=model, served_name=args.served_name, replicas=args.replicas,
         max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
         max_texts=args.max_texts, max_chars=args.max_chars, prompt=args.prompt,
+        prompt_name=args.prompt_name,
         max_length=args.max_length, cpus_per_replica=args.cpus_per_replica,
         gpus_per_replica=args.gpus_per_replica)
 

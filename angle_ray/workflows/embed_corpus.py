@@ -19,7 +19,9 @@ rather than mixed in. The folder reads as one Parquet dataset (`pd.read_parquet(
 files starting with `_` or `.` are ignored by Parquet readers.
 
 Encoding reuses mining's pool (`encode_dataset`: `TextEncoder` actors under Ray Data's
-`ActorPoolStrategy(min_actors, max_actors)`); embeddings are L2-normalised float32. Only one
+`ActorPoolStrategy(min_actors, max_actors)`); embeddings are L2-normalised float32. Each text
+gets `prompt`, else the model's saved prompt `prompt_name`, else the model's default prompt
+(sentence-transformers' `default_prompt_name`), else none. Only one
 file's read task streams rows at a time per file, the driver holds at most the shards still in
 flight, and every path is absolute, so the same call runs on a cluster (`ray job submit`,
 GPU actors with `gpus_per_actor`) given a filesystem all nodes share. With `index`, a FAISS
@@ -49,7 +51,7 @@ from angle_ray.data.readers import iter_rows, list_files, row_unit
 from angle_ray.errors import UserError
 from angle_ray.mining.encoder_pool import encode_dataset
 from angle_ray.mining.index import build_index
-from angle_ray.models.loader import load_model, locate
+from angle_ray.models.loader import ModelLoadError, locate
 from angle_ray.train.driver import init_ray
 
 MANIFEST = "_embed.json"
@@ -229,9 +231,10 @@ def _file_stamp(file: str) -> dict:
     return {"path": file, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def manifest_for(spec: EmbedSpec, files: list[str], fields: Fields, prompt: str | None) -> dict:
+def manifest_for(spec: EmbedSpec, files: list[str], fields: Fields) -> dict:
     """What makes a shard's embeddings what they are; a re-run must agree on all of it."""
-    return {"model": spec.model, "max_length": spec.max_length, "prompt": prompt,
+    return {"model": spec.model, "max_length": spec.max_length, "prompt": spec.prompt,
+            "prompt_name": spec.prompt_name,
             "fields": asdict(fields), "shard_rows": spec.shard_rows,
             "inputs": [_file_stamp(f) for f in files]}
 
@@ -334,52 +337,57 @@ def write_index(out: Path, shards: list[Shard], kind: str) -> str:
 
 # ---------------------------------------------------------------- the run
 
-def resolve_prompt(spec: EmbedSpec) -> str | None:
-    """--prompt as given, or --prompt-name looked up in the model's saved prompts."""
+def check_spec(spec: EmbedSpec) -> None:
+    """What can be checked before reading anything: options and the model's location."""
+    if spec.index not in (None, "flat", "ivf", "hnsw"):
+        raise UserError(f"--index {spec.index!r} is not one of flat, ivf, hnsw")
     if spec.prompt is not None and spec.prompt_name is not None:
         raise UserError("give --prompt or --prompt-name, not both")
-    if spec.prompt is not None:
-        if "{text}" not in spec.prompt:
-            raise UserError(f"--prompt {spec.prompt!r} has no '{{text}}' slot")
-        return spec.prompt
-    if spec.prompt_name is None:
-        return None
-    prompts = load_model(spec.model).prompts  # the driver reads them once; actors get the text
-    if spec.prompt_name not in prompts:
-        raise UserError(f"--prompt-name {spec.prompt_name!r}: {spec.model} has prompts {sorted(prompts)}")
-    return prompts[spec.prompt_name]
+    if spec.prompt is not None and "{text}" not in spec.prompt:
+        raise UserError(f"--prompt {spec.prompt!r} has no '{{text}}' slot")
+    locate(spec.model)  # a missing model folder stops here, not inside every pool actor
 
 
-def plan_run(spec: EmbedSpec, out: Path) -> tuple[list[Shard], Fields, str | None]:
+def plan_run(spec: EmbedSpec, out: Path) -> tuple[list[Shard], Fields]:
     files, beir_fields = input_files(spec.input)
     fields = beir_fields or Fields(text=spec.text_field, id=spec.id_field)
     if beir_fields and spec.id_field:
         fields = Fields(text=beir_fields.text, id=spec.id_field, title=beir_fields.title)
-    prompt = resolve_prompt(spec)
-    manifest = manifest_for(spec, files, fields, prompt)
+    manifest = manifest_for(spec, files, fields)
     shards = open_output(out, manifest) or plan_shards(files, fields, spec.shard_rows)
     save_manifest(out, manifest, shards)
-    return shards, fields, prompt
+    return shards, fields
+
+
+def encode_pending(spec: EmbedSpec, out: Path, shards: list[Shard], pending: list[Shard],
+                   fields: Fields) -> int:
+    """Run the pool over the pending shards; an actor that cannot load the model is a user error."""
+    init_ray()
+    ds = ray.data.read_datasource(PendingShards(pending, fields), num_cpus=READ_TASK_CPUS)
+    # the actors pick the prompt: --prompt, --prompt-name, else the model's default prompt
+    encoded = encode_dataset(ds, spec.model, spec.pool, max_length=spec.max_length, prompt=spec.prompt,
+                             prompt_name=spec.prompt_name, default_prompt=True)
+    total = sum(s.rows for s in shards)
+    try:
+        return collect_shards(encoded, out, pending, total, total - sum(s.rows for s in pending))
+    except ray.exceptions.RayActorError as err:
+        cause = str(err).rpartition(f"{ModelLoadError.__name__}: ")[2]
+        if cause == str(err):
+            raise
+        raise ModelLoadError(cause.strip().splitlines()[0]) from None
 
 
 def embed_corpus(spec: EmbedSpec) -> EmbedReport:
     """Embed `spec.input` into `spec.output` (resuming a partial run); see the module docstring."""
-    if spec.index not in (None, "flat", "ivf", "hnsw"):
-        raise UserError(f"--index {spec.index!r} is not one of flat, ivf, hnsw")
-    locate(spec.model)  # a missing model folder stops here, not inside every pool actor
+    check_spec(spec)
     out = Path(spec.output).expanduser().resolve()
     start = time.perf_counter()
-    shards, fields, prompt = plan_run(spec, out)
+    shards, fields = plan_run(spec, out)
     pending = [s for s in shards if not shard_done(out, s)]
     total = sum(s.rows for s in shards)
     print(f"[embed] {spec.input}: {total} rows in {len(shards)} shards; {len(shards) - len(pending)} "
           f"already done in {out}", flush=True)
-    encoded_rows = 0
-    if pending:
-        init_ray()
-        ds = ray.data.read_datasource(PendingShards(pending, fields), num_cpus=READ_TASK_CPUS)
-        encoded = encode_dataset(ds, spec.model, spec.pool, max_length=spec.max_length, prompt=prompt)
-        encoded_rows = collect_shards(encoded, out, pending, total, total - sum(s.rows for s in pending))
+    encoded_rows = encode_pending(spec, out, shards, pending, fields) if pending else 0
     index = None
     if spec.index:  # rebuilt on every run that asks for one: cheap next to encoding
         index = write_index(out, shards, spec.index)

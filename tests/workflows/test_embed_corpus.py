@@ -149,3 +149,13 @@ def test_beir_corpus_embeds_title_and_text_with_a_prompt(ray_local, tmp_path, da
                       show_progress=False)
     assert table["id"].tolist() == [d["id"] for d in docs]
     np.testing.assert_allclose(np.stack(table["embedding"]), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_model_the_actors_cannot_use_is_a_user_error(ray_local, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "one"}, {"text": "two"}])
+    spec = EmbedSpec(model="all-MiniLM-L6-v2", input=corpus, output=str(tmp_path / "o"),
+                     prompt_name="query", pool=POOL)  # MiniLM has no saved prompts
+    with pytest.raises(UserError, match=r"prompt name 'query': the model has prompts \[\]"):
+        embed_corpus(spec)
+    assert not list((tmp_path / "o").glob("part-*.parquet"))
