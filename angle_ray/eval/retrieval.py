@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from angle_ray.eval.faiss_import import import_faiss
+
 
 def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> float:
     """nDCG@k with graded gains (2^rel - 1) / log2(rank + 1), as in BEIR / trec_eval."""
@@ -60,7 +62,7 @@ def retrieval_metrics(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str,
 
 def search_flat(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k with FAISS (inner product on normalised copies)."""
-    import faiss
+    faiss = import_faiss()
 
     docs = np.ascontiguousarray(doc_emb, dtype=np.float32).copy()
     queries = np.ascontiguousarray(query_emb, dtype=np.float32).copy()

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from angle_ray.config import MiningConfig
+from angle_ray.eval.faiss_import import import_faiss
 from angle_ray.mining.candidates import Candidates
 
 AUTO_IVF_FROM = 200_000  # documents; below this an exact flat index is fast enough
@@ -43,7 +44,7 @@ def resolve_index_kind(kind: str, n_docs: int) -> str:
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
-    import faiss
+    faiss = import_faiss()
 
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     if out.ndim != 2:
@@ -54,7 +55,7 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 def _single_index(docs: np.ndarray, kind: str, cfg: MiningConfig):
     """One CPU index over ``docs`` (already normalised), documents added."""
-    import faiss
+    faiss = import_faiss()
 
     n, d = docs.shape
     if kind == "flat":
@@ -71,7 +72,7 @@ def _single_index(docs: np.ndarray, kind: str, cfg: MiningConfig):
 
 
 def _use_gpu(cfg: MiningConfig, kind: str) -> bool:
-    import faiss
+    faiss = import_faiss()
 
     return bool(cfg.faiss_gpu and kind != "hnsw" and hasattr(faiss, "get_num_gpus")
                 and faiss.get_num_gpus() > 0)
@@ -79,7 +80,7 @@ def _use_gpu(cfg: MiningConfig, kind: str) -> bool:
 
 def build_index(doc_emb: np.ndarray, cfg: MiningConfig):
     """A searchable FAISS index over ``doc_emb`` (normalised here; the input is not modified)."""
-    import faiss
+    faiss = import_faiss()
 
     docs = _normalised(doc_emb)
     n = docs.shape[0]
