@@ -5,7 +5,7 @@
     vecs = embedder.encode(["A man is playing a flute.", "A man plays the flute."])
 """
 
-__version__ = "0.1.0"
+from angle_ray.version import __version__
 
 __all__ = ["Embedder", "__version__"]
 

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
-from angle_ray import __version__
 from angle_ray.config import ConfigError, JobConfig, ModelConfig, load_config
 from angle_ray.data.location import expand_path
 from angle_ray.errors import UserError
 from angle_ray.eval.tasks import default_data_dir, resolve_tasks
+from angle_ray.version import __version__
 
 # The command functions import what pulls in torch, Ray or pyarrow (models, eval runner, training
 # driver, mining, workflows, sweeps) when they run, so `angle-ray --help` and argument errors

@@ -1,7 +1,7 @@
 """Imports run down the layers and never in a circle (function-level imports included).
 
     cli -> workflows (workflows/, tune/, serve/) -> train -> mining -> eval
-        -> models | data | losses -> config (config.py, errors.py)
+        -> models | data | losses -> config (config.py, errors.py, version.py)
 
 A module may import from its own layer or any layer below it; `models`, `data` and `losses`
 share a layer. `angle_ray/__init__.py` is the package's public face: it may import anything
@@ -26,7 +26,7 @@ LAYER_OF_PART = {
     "mining": "mining",
     "eval": "eval",
     "models": "models|data|losses", "data": "models|data|losses", "losses": "models|data|losses",
-    "config": "config", "errors": "config",
+    "config": "config", "errors": "config", "version": "config",
 }
 RANK = {"config": 0, "models|data|losses": 1, "eval": 2, "mining": 3, "train": 4,
         "workflows": 5, "public face": 5.5, "cli": 6}

@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from angle_ray import __version__
 from angle_ray.config import LoraConfig, ModelConfig
 from angle_ray.models.default_model import resolve_model_path
 from angle_ray.models.pooling import pool
+from angle_ray.version import __version__
 
 logger = logging.getLogger(__name__)
 
