@@ -12,6 +12,7 @@ import torch
 
 from angle_ray.config import ModelConfig
 from angle_ray.models import build_model, encode
+from angle_ray.models.card import write_model_card
 from angle_ray.models.onnx_export import (
     INT8_FILE,
     ONNX_DIR,
@@ -139,3 +140,19 @@ def test_causal_lm_with_left_padding_and_last_token_pooling_exports(tiny_llm_dir
     runner = OnnxEmbedder(folder)
     for batch_size in (1, 4):
         assert np.abs(runner.encode(texts, batch_size=batch_size, normalize=False) - expected).max() < 1e-4
+
+
+def test_model_card_of_an_onnx_folder_has_a_runnable_onnxruntime_snippet(onnx_dir, fp32_runner):
+    import contextlib
+    import io
+    import re
+
+    card = write_model_card(onnx_dir, base_model="all-MiniLM-L6-v2", data=[], loss={}, train={},
+                            eval_table={}, pooling="mean", prompts=PROMPTS, chosen_checkpoint=None)
+    text = card.read_text()
+    block = re.search(r"```python\n(from angle_ray.models.onnx_export.*?)```", text, flags=re.DOTALL)
+    assert block and 'variant="int8"' in block.group(1) and 'prompt_name="query"' in block.group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block.group(1), "<model card>", "exec"), {})  # noqa: S102 - the card's snippet
+    assert out.getvalue().startswith("(3, 384)\n")
