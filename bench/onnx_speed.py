@@ -84,7 +84,7 @@ def stsb_spearman(encode_fn: Encoder, text1: list[str], text2: list[str], gold: 
 def build_systems(args, out_dir: Path) -> dict[str, Encoder]:
     model = load_model(args.model).eval()
     start = time.perf_counter()
-    export_onnx(model, out_dir, quantize=True)
+    export_onnx(model, out_dir, quantize_int8=True)
     print(f"exported {args.model} to {out_dir} in {time.perf_counter() - start:.0f} s")
     fp32 = OnnxEmbedder(out_dir, variant="fp32", threads=args.threads)
     int8 = OnnxEmbedder(out_dir, variant="int8", threads=args.threads)

@@ -125,7 +125,7 @@ def write_onnx_graph(model: EmbeddingModel, path: str | Path) -> Path:
     return path
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
+def quantize_onnx_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
     """Dynamic int8 quantisation of the MatMul weights, one scale per output channel."""
     _require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic  # optional extra: see above
@@ -149,15 +149,15 @@ def _write_model_folder(model: EmbeddingModel, out_dir: Path) -> bool:
     return False
 
 
-def export_onnx(model: EmbeddingModel, out_dir: str | Path, *, quantize: bool = True) -> Path:
+def export_onnx(model: EmbeddingModel, out_dir: str | Path, *, quantize_int8: bool = True) -> Path:
     """Write the model folder plus ``onnx/model.onnx`` (and ``onnx/model_int8.onnx`` when
-    ``quantize``) and ``onnx/angle_ray_onnx.json``; returns ``out_dir``."""
+    ``quantize_int8``) and ``onnx/angle_ray_onnx.json``; returns ``out_dir``."""
     out = Path(out_dir)
     st_loadable = _write_model_folder(model, out)
     fp32_path = write_onnx_graph(model, out / ONNX_DIR / FP32_FILE)
     files = {"fp32": FP32_FILE}
-    if quantize:
-        quantize_int8(fp32_path, out / ONNX_DIR / INT8_FILE)
+    if quantize_int8:
+        quantize_onnx_int8(fp32_path, out / ONNX_DIR / INT8_FILE)
         files["int8"] = INT8_FILE
     meta = {
         "files": files,

@@ -134,7 +134,7 @@ def test_sentence_transformers_onnx_backend_loads_the_folder(onnx_dir, stsb_test
 @pytest.mark.slow
 def test_causal_lm_with_left_padding_and_last_token_pooling_exports(tiny_llm_dir, tmp_path):
     model = build_model(ModelConfig(name_or_path=tiny_llm_dir, is_llm=True, pooling="last"))
-    folder = export_onnx(model, tmp_path / "llm-onnx", quantize=False)
+    folder = export_onnx(model, tmp_path / "llm-onnx", quantize_int8=False)
     texts = ["a b c", "a much longer sentence with many more words in it", "x", "two words"]
     expected = encode(model, texts, show_progress=False)
     runner = OnnxEmbedder(folder)
