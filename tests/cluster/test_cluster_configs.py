@@ -220,13 +220,15 @@ def test_runtime_env_is_accepted_by_ray():
     assert all(isinstance(v, str) for v in env["env_vars"].values())
 
 
-def test_runtime_env_pip_list_is_pyprojects_dependencies_without_ray():
+def test_runtime_env_pip_list_is_pyprojects_dependencies_and_gpu_extra_without_ray():
     try:
         import tomllib
     except ImportError:  # Python 3.10 (the project supports it): the backport, if installed
         tomllib = pytest.importorskip("tomli")
 
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    # the nodes install the gpu extra (faiss-gpu; faiss is not a base dependency)
+    deps = project["dependencies"] + project["optional-dependencies"]["gpu"]
     wanted = {(r.name.lower(), str(r.specifier)) for r in map(Requirement, deps) if r.name != "ray"}
     shipped = {(r.name.lower(), str(r.specifier))
                for r in map(Requirement, _runtime_env()["pip"]["packages"])}
