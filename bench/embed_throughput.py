@@ -5,7 +5,8 @@ actors against one plain process, texts/s and ratios side by side.
     python bench/embed_throughput.py --docs 100      # a slice, to check that it runs
 
 The corpus (its first --docs documents, BEIR layout, title + text) is written to a temporary
-BEIR folder, then embedded (a) by `encode` in this process (torch on all cores) and (b) by
+BEIR folder, then embedded (a) by `encode` in this process (torch on all cores, loading the
+model included) and (b) by
 `embed_corpus` with 1 and then 2 actors of --cpus-per-actor CPUs each, into fresh output
 folders. The embed times are end to end, as a user sees them: the row check pass, starting the
 actors, loading the model in each, writing the Parquet shards. Every embed run's vectors are

@@ -58,7 +58,9 @@ MANIFEST = "_embed.json"
 INDEX_FILE = "_index.faiss"
 INDEX_IDS = "_index_ids.parquet"
 BLOCK_ROWS = 1024  # rows per block out of a read task
-READ_TASK_CPUS = 0.25  # reading is light; leave the CPUs to the encoder actors
+# a read task reserves no CPU: one that needs even 0.25 waits forever behind a pool holding all
+# of them (2 actors x 1 CPU on a 2-CPU node), and the pool waits for its rows; reading is light
+READ_TASK_CPUS = 0
 BEIR_CORPUS = ("corpus.jsonl", "corpus.jsonl.gz")
 
 
