@@ -140,8 +140,10 @@ def test_beir_corpus_embeds_title_and_text_with_a_prompt(ray_local, tmp_path, da
     with gzip.open(folder / "corpus.jsonl.gz", "wt") as f:
         f.writelines(json.dumps({"_id": d["id"], "title": d["title"], "text": d["text"][:200]}) + "\n"
                      for d in docs)
+    # two 1-CPU actors fill the session's 2 CPUs: the read task must still run (it reserves none)
+    two = PoolConfig(min_actors=2, max_actors=2, cpus_per_actor=1, batch_size=4)
     spec = EmbedSpec(model="all-MiniLM-L6-v2", input=str(folder), output=str(tmp_path / "out"),
-                     prompt="passage: {text}", pool=POOL)
+                     prompt="passage: {text}", shard_rows=5, pool=two)
     assert embed_corpus(spec).encoded_rows == 12
     table = pd.read_parquet(tmp_path / "out")
     texts = [f"{d['title']} {d['text'][:200]}" for d in docs]
