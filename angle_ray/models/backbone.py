@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from angle_ray.config import LoraConfig, ModelConfig
+from angle_ray.models.billm import configure_billm
 from angle_ray.models.default_model import resolve_model_path
 from angle_ray.models.pooling import pool
 from angle_ray.version import __version__
@@ -41,6 +42,17 @@ logger = logging.getLogger(__name__)
 
 ANGLE_RAY_FILE = "angle_ray.json"  # the marker (and settings) file of an angle-ray model folder
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def final_norm(backbone: nn.Module) -> nn.Module | None:
+    """The norm a model applies after its last layer (Llama / Qwen2 / Mistral ``norm``, ModernBERT
+    ``final_norm``); None for BERT-style encoders."""
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    for name in ("norm", "final_norm"):
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
 
 
 class EmbeddingModel(nn.Module):
@@ -70,7 +82,9 @@ class EmbeddingModel(nn.Module):
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.base_model_path = base_model_path
-        self.embedding_dim = embedding_dim
+        self.embedding_dim = embedding_dim  # what forward returns (output_dim when set)
+        self.full_dim = embedding_dim  # the hidden size
+        self.output_dim: int | None = None  # set_output_dim: keep a prefix (evaluation only)
         self.prompts = dict(prompts or {})
         self.default_prompt_name = default_prompt_name
         self.normalize = normalize
@@ -99,7 +113,12 @@ class EmbeddingModel(nn.Module):
             batch.pop("token_type_ids", None)
         return batch
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, **ignored) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool = False,
+                **ignored) -> Tensor:
+        """Pooled embeddings ``[B, H]`` fp32; ``all_layers``: every layer's ``[N, B, H]`` (see
+        ``pooled_layers``), through the same call so DDP / DeepSpeed wrappers see one forward."""
+        if all_layers:
+            return torch.stack(self.pooled_layers(input_ids, attention_mask))
         want_layers = self.cfg.pooling == "first_last_avg"
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if want_layers:
@@ -108,7 +127,32 @@ class EmbeddingModel(nn.Module):
             kwargs["use_cache"] = False
         out = self.backbone(**kwargs)
         layers = tuple(h.float() for h in out.hidden_states) if want_layers else None
-        return pool(out.last_hidden_state.float(), attention_mask, self.cfg.pooling, layers)
+        emb = pool(out.last_hidden_state.float(), attention_mask, self.cfg.pooling, layers)
+        return emb if self.output_dim is None else emb[:, : self.output_dim]
+
+    def set_output_dim(self, dim: int | None) -> EmbeddingModel:
+        """From now on embed to the first ``dim`` dimensions (None: all), e.g. to evaluate a
+        Matryoshka / ESE prefix with code that takes a model. Not saved: ``save`` refuses it."""
+        if dim is not None and not 1 <= dim <= self.full_dim:
+            raise ValueError(f"dim={dim} must be between 1 and the embedding size {self.full_dim}")
+        self.output_dim = dim
+        self.embedding_dim = dim or self.full_dim
+        return self
+
+    def pooled_layers(self, input_ids: Tensor, attention_mask: Tensor) -> list[Tensor]:
+        """``[h_1, ..., h_N]``: each transformer layer's pooled embedding ``[B, H]`` fp32, through
+        the final norm where the model has one, i.e. what the model cut to l layers embeds
+        (``angle_ray.models.truncate``); ``h_N`` equals ``forward``. Keeps the graph."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "output_hidden_states": True}
+        if self.cfg.is_llm:
+            kwargs["use_cache"] = False
+        out = self.backbone(**kwargs)
+        norm = final_norm(self.backbone)
+        states = [norm(h) if norm is not None else h for h in out.hidden_states[1:-1]]
+        states.append(out.last_hidden_state)
+        first = out.hidden_states[0].float()  # first_last_avg averages the embedding layer in
+        return [pool(h.float(), attention_mask, self.cfg.pooling, (first, h.float())) for h in states]
 
     def save(self, directory: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
         """Write the weights (safetensors; LoRA: the adapter only), tokenizer and angle_ray.json.
@@ -116,6 +160,10 @@ class EmbeddingModel(nn.Module):
         ``state_dict``: the backbone's full state dict when the live parameters are not (e.g.
         gathered from ZeRO-3 shards); keys as in ``self.backbone.state_dict()``.
         """
+        if self.output_dim is not None:
+            raise ValueError(f"this model embeds to its first {self.output_dim} dimensions "
+                             "(set_output_dim), which a saved folder cannot record; save the full "
+                             "model and truncate when encoding (Embedder.encode(truncate_dim=...))")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         # PEFT saves only the adapter; transformers saves config.json + model.safetensors
@@ -148,9 +196,9 @@ class EmbeddingModel(nn.Module):
             {**self.cfg.model_dump(), "lora": {**self.cfg.lora.model_dump(), "enabled": False}}
         )
         return EmbeddingModel(
-            backbone, copy.deepcopy(self.tokenizer), cfg, self.base_model_path, self.embedding_dim,
+            backbone, copy.deepcopy(self.tokenizer), cfg, self.base_model_path, self.full_dim,
             **self.usage(),
-        )
+        ).set_output_dim(self.output_dim)
 
 
 def _accepts_pooling_flag(config) -> bool:
@@ -258,6 +306,7 @@ def _assemble(
     usage: dict | None = None,
 ) -> EmbeddingModel:
     backbone = _load_backbone(weights_path, cfg)
+    configure_billm(backbone, cfg)  # cfg.billm, else the start layer a saved HF config records
     dim = _hidden_size(backbone)
     if cfg.gradient_checkpointing:
         _enable_checkpointing(backbone)

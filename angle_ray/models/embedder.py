@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from angle_ray.models.backbone import EmbeddingModel
 from angle_ray.models.loader import load_model
 from angle_ray.models.precision import resolve_dtype
+from angle_ray.models.truncate import embed_at
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ def encode(
     dtype: str = "fp32",
     show_progress: bool = True,
     desc: str = "encode",
+    layer: int | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` with ``model``; returns a float32 array of shape (len(texts), H)."""
+    """Embed ``texts`` with ``model``; returns a float32 array of shape (len(texts), H).
+
+    ``layer``: the embedding at that transformer layer (1..N; ESE), as the model cut there."""
     if dtype not in _AUTOCAST:
         raise ValueError(f"encode dtype {dtype!r} is not one of {sorted(_AUTOCAST)}")
     if batch_size < 1:
@@ -97,7 +101,8 @@ def encode(
                     else contextlib.nullcontext()
                 )
                 with autocast:
-                    emb = model(**batch)
+                    emb = (model(**batch) if layer is None else
+                           embed_at(model, batch["input_ids"], batch["attention_mask"], layer=layer))
                 emb = emb.float()
                 if normalize:
                     emb = F.normalize(emb, p=2, dim=-1)
@@ -199,18 +204,21 @@ class Embedder:
         truncate_dim: int | None = None,
         progress: bool = False,
         convert_to: str = "numpy",
+        layer: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed ``texts``: a list gives a float32 [N, D] array, a single string a [D] vector.
 
             vecs = embedder.encode(["how do planes fly?"], prompt_name="query")
             vecs = embedder.encode(docs, prompt="passage: ")      # a prefix or a {text} template
             vecs = embedder.encode(docs, truncate_dim=128)        # Matryoshka prefix, unit length
+            vecs = embedder.encode(docs, layer=4, truncate_dim=128)   # ESE: layer 4, 128 dims
             one = embedder.encode("A man plays a flute.")         # shape (D,)
             t = embedder.encode(docs, convert_to="torch")         # a CPU torch.Tensor
 
         ``prompt_name`` picks one of ``self.prompts``; with neither prompt nor prompt_name the
         model's default prompt (if it has one) is applied. ``truncate_dim`` keeps the first D
-        dimensions, re-normalised when ``normalize``.
+        dimensions, re-normalised when ``normalize``. ``layer`` embeds with the first ``layer``
+        transformer layers only (what ``cut_to_layer`` keeps; for ESE-trained models).
         """
         if convert_to not in CONVERT_TO:
             raise ValueError(f"convert_to={convert_to!r} is not one of {', '.join(CONVERT_TO)}")
@@ -220,7 +228,7 @@ class Embedder:
             raise ValueError(f"truncate_dim={truncate_dim} is outside 1..{self.embedding_dim}")
         vectors = encode(self.model, batch, batch_size=batch_size,
                          prompt=self._template(prompt, prompt_name), normalize=False,
-                         dtype=self.dtype, show_progress=progress, desc="embed")
+                         dtype=self.dtype, show_progress=progress, desc="embed", layer=layer)
         if truncate_dim is not None:
             vectors = np.ascontiguousarray(vectors[:, :truncate_dim])
         if normalize:

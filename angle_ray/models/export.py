@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from angle_ray.models.backbone import EmbeddingModel
+from angle_ray.models.billm import billm_start_layer
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,17 @@ def export_sentence_transformers(
 
     ``normalize`` appends a Normalize module (then it matches ``encode(..., normalize=True)``);
     None: as ``model.normalize`` says. The model's prompts become the folder's ``prompts``.
-    cls_avg and first_last_avg have no sentence-transformers pooling: export with ``export_hf``.
+    cls_avg and first_last_avg have no sentence-transformers pooling, and sentence-transformers
+    cannot run a BiLLM model's bidirectional layers: export those with ``export_hf``.
     """
+    start = billm_start_layer(model.backbone)
+    if start is not None:
+        raise ValueError(
+            f"this model is a BiLLM (bidirectional attention from layer {start} on): "
+            "sentence-transformers would load it with causal attention in every layer and embed "
+            "differently; use export_hf(model, out_dir) and load the folder with "
+            "angle_ray.models.load_model (or Embedder.from_pretrained), which re-applies BiLLM"
+        )
     if normalize is None:
         normalize = model.normalize
     pooling = model.cfg.pooling

@@ -17,23 +17,15 @@ import copy
 
 from torch import Tensor, nn
 
-from angle_ray.models.backbone import EmbeddingModel
+from angle_ray.models.backbone import EmbeddingModel, final_norm
 from angle_ray.models.billm import BILLM_CONFIG_KEY
-from angle_ray.models.pooling import pool
+
+__all__ = ["cut_to_layer", "embed_at", "final_norm", "layer_stack", "num_layers", "pooled_layers",
+           "truncate_dims"]
 
 
 def _base_model(backbone: nn.Module) -> nn.Module:
     return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
-
-
-def final_norm(backbone: nn.Module) -> nn.Module | None:
-    """The norm a model applies after its last layer (None for BERT-style encoders)."""
-    base = _base_model(backbone)
-    for name in ("norm", "final_norm"):
-        module = getattr(base, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
 
 
 def layer_stack(backbone: nn.Module) -> nn.ModuleList:
@@ -52,16 +44,9 @@ def num_layers(model: EmbeddingModel) -> int:
 
 def pooled_layers(model: EmbeddingModel, input_ids: Tensor, attention_mask: Tensor) -> list[Tensor]:
     """``[h_1, ..., h_N]``: each layer's pooled embedding ``[B, H]`` fp32 (see the module
-    docstring); ``h_N`` equals ``model(input_ids, attention_mask)``. Keeps the graph."""
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "output_hidden_states": True}
-    if model.cfg.is_llm:
-        kwargs["use_cache"] = False
-    out = model.backbone(**kwargs)
-    norm = final_norm(model.backbone)
-    states = [norm(h) if norm is not None else h for h in out.hidden_states[1:-1]]
-    states.append(out.last_hidden_state)
-    first = out.hidden_states[0].float()  # first_last_avg averages the embedding layer in
-    return [pool(h.float(), attention_mask, model.cfg.pooling, (first, h.float())) for h in states]
+    docstring); ``h_N`` equals ``model(input_ids, attention_mask)``. Keeps the graph. The same as
+    ``model(ids, mask, all_layers=True)``, the form a training engine's wrapper can run."""
+    return model.pooled_layers(input_ids, attention_mask)
 
 
 def truncate_dims(emb: Tensor, dim: int | None) -> Tensor:

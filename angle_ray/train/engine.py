@@ -1,8 +1,9 @@
 """The optimisation engine of a worker: DeepSpeed (ZeRO 0-3) or plain DDP, one small interface.
 
     engine = make_engine(model, train_cfg, total_steps, device)
-    emb = engine.forward(input_ids, attention_mask)
+    emb = engine.forward(input_ids, attention_mask)      # all_layers=True: [N, B, H] (ESE)
     engine.backward(loss); engine.step()
+    with engine.replay_context(is_last): ...              # GradCache's replayed backward passes
     engine.save(folder); engine.load(folder)
 
 DeepSpeed is called directly (`deepspeed.initialize`), never together with Ray's
@@ -96,11 +97,19 @@ class DeepSpeedEngine:
             config=deepspeed_config(cfg, model.cfg.dtype, on_gpu),
             dist_init_required=not dist.is_initialized())
 
-    def forward(self, input_ids, attention_mask):
-        return self.engine(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(self, input_ids, attention_mask, **options):
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask, **options)
 
     def backward(self, loss):
         self.engine.backward(loss)
+
+    def replay_context(self, is_last: bool):
+        """GradCache replays several backward passes per micro-batch: only the last may be the
+        accumulation boundary (ZeRO-1/2 partition and reduce at the boundary; ZeRO-0 all-reduces
+        there), and only if this micro-batch ends an accumulation cycle."""
+        ends_cycle = (self.engine.micro_steps + 1) % self.engine.gradient_accumulation_steps() == 0
+        self.engine.set_gradient_accumulation_boundary(is_last and ends_cycle)
+        return nullcontext()
 
     def step(self) -> bool:
         """Returns True when this call applied an optimiser update (end of accumulation)."""
@@ -146,9 +155,15 @@ class DDPEngine:
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if model.cfg.dtype == "bf16" and device.type == "cuda" else nullcontext())
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, **options):
         with self.autocast:
-            return self.ddp(input_ids=input_ids, attention_mask=attention_mask)
+            return self.ddp(input_ids=input_ids, attention_mask=attention_mask, **options)
+
+    def replay_context(self, is_last: bool):
+        """GradCache: all-reduce the gradients once, in the last replayed backward."""
+        if is_last or self.ddp is self.model:
+            return nullcontext()
+        return self.ddp.no_sync()
 
     def backward(self, loss):
         (loss / self.cfg.grad_accum).backward()

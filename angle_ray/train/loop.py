@@ -6,8 +6,8 @@
 Reads top to bottom: set up (threads, seeds, device, model, one loss per dataset, engine) ->
 resume from the latest checkpoint if there is one -> for each planned step: pick a dataset
 (weighted, same choice on every rank), take a batch from this worker's shard (the negatives
-feed makes the mined stream's batches Format C), pad it, `train_step` -> report metrics,
-dev metric and checkpoints (`Reporter`).
+feed makes the mined stream's batches Format C), pad it, `train_step` (with the job's teacher,
+ESE or GradCache) -> report metrics, dev metric and checkpoints (`Reporter`).
 
 The loop knows nothing of where the rows or negatives come from: it consumes the Ray Data
 shards named in the plan (`train_0`, `train_1`, ...) and the versions the feed loads.
@@ -32,7 +32,7 @@ from angle_ray.train.gather import world
 from angle_ray.train.negatives_feed import open_negatives_feed
 from angle_ray.train.plan import WorkerPlan
 from angle_ray.train.reporting import Reporter
-from angle_ray.train.step import train_step
+from angle_ray.train.step import step_extras, train_step
 from angle_ray.train.streams import Streams, pick_stream
 
 
@@ -63,6 +63,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(job.model).to(device)
     model.train()
     losses = [build_loss(job.loss.model_copy(update=s.loss)) for s in plan.streams]
+    extras = step_extras(job, model)  # teacher (frozen, beside the engine), ESE, GradCache
     engine = make_engine(model, t, plan.total_steps, device)
     start_step = resume(engine, rank, plan.total_steps)
     streams = Streams(plan.streams, t, rank)
@@ -78,7 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
                 tokens = feed.attach(tokens)
         batch = pad(tokens, plan.pad_id, plan.left_pad)
         started = time.perf_counter()
-        result = train_step(engine, losses[i], batch, device)
+        result = train_step(engine, losses[i], batch, device, extras)
         reporter.after_step(step + 1, i, result, time.perf_counter() - started)
     if start_step >= plan.total_steps:  # a finished run re-submitted: nothing left to do
         reporter.nothing_left()

@@ -1,6 +1,7 @@
 """BiLLM on a random-init 4-layer Qwen2: later tokens reach earlier ones only from the start layer
 on, padding stays masked, the bidirectional layers equal transformers' own bidirectional mask, and
-the setting survives save/reload, LoRA adapters and the merged export."""
+the setting survives save/reload, LoRA adapters and the merged export; build_model / the loader
+apply it, and the sentence-transformers export refuses a BiLLM model."""
 
 import json
 
@@ -17,7 +18,7 @@ from angle_ray.models.billm import (
     configure_billm,
     decoder_layers,
 )
-from angle_ray.models.export import export_hf
+from angle_ray.models.export import export_hf, export_sentence_transformers
 from angle_ray.models.tiny_llm import make_tiny_llm
 
 START = 2  # layers 0, 1 causal; 2, 3 bidirectional
@@ -101,8 +102,7 @@ def _lora_billm_model(path: str):
     cfg = ModelConfig(name_or_path=path, is_llm=True, pooling="last",
                       lora=LoraConfig(enabled=True, r=4, alpha=8),
                       billm=BillmConfig(enabled=True, start_layer=START))
-    model = build_model(cfg)
-    configure_billm(model.backbone, model.cfg)  # the one line build_model's _assemble will call
+    model = build_model(cfg)  # _assemble applies model.billm
     gen = torch.Generator().manual_seed(0)
     for name, param in model.backbone.named_parameters():
         if "lora_B" in name:  # a trained-looking adapter, not PEFT's zero init
@@ -123,17 +123,19 @@ def test_lora_save_load_and_merged_export_keep_it(tiny4_dir, tmp_path):
     model.save(tmp_path / "lora")
     loaded = load_embedding_model(tmp_path / "lora")
     assert loaded.cfg.billm == model.cfg.billm  # angle_ray.json carries model.billm
-    causal = _embed(loaded.eval(), texts)
-    assert (causal - want).abs().max() > 1e-3  # the adapter alone does not reproduce it
-    configure_billm(loaded.backbone, loaded.cfg)
+    assert billm_start_layer(loaded.backbone) == START  # and the loader re-applies it
     torch.testing.assert_close(_embed(loaded.eval(), texts), want, atol=1e-5, rtol=1e-5)
+    causal = load_embedding_model(tmp_path / "lora")
+    for layer in decoder_layers(causal.backbone):  # undo it: the adapter alone differs
+        layer._forward_pre_hooks.clear()
+        layer.self_attn.is_causal = True
+    assert (_embed(causal.eval(), texts) - want).abs().max() > 1e-3
 
     torch.testing.assert_close(_embed(model.merged().eval(), texts), want, atol=1e-5, rtol=1e-5)
     export_hf(model, tmp_path / "merged")
     assert json.loads((tmp_path / "merged" / "config.json").read_text())[BILLM_CONFIG_KEY] == START
     exported = load_embedding_model(tmp_path / "merged")
     assert not exported.cfg.lora.enabled and exported.cfg.billm.enabled
-    configure_billm(exported.backbone, exported.cfg)
     torch.testing.assert_close(_embed(exported.eval(), texts), want, atol=1e-5, rtol=1e-5)
 
 
@@ -155,3 +157,34 @@ def test_config_requires_an_llm():
     with pytest.raises(ConfigError, match="start_layer"):
         config_from_dict({"model": {"is_llm": True, "pooling": "last",
                                     "billm": {"enabled": True, "start_layer": -1}}})
+
+
+def test_build_model_applies_it_and_a_saved_model_reloads_with_it(tiny4_dir, tmp_path):
+    cfg = ModelConfig(name_or_path=tiny4_dir, is_llm=True, pooling="mean",
+                      billm=BillmConfig(enabled=True, start_layer=1))
+    model = build_model(cfg).eval()
+    assert billm_start_layer(model.backbone) == 1
+    assert sum(len(layer._forward_pre_hooks) for layer in decoder_layers(model.backbone)) == 3
+    texts = ["A man is playing a flute.", "Rain", "A plane is taking off from the runway."]
+    want = _embed(model, texts)
+    causal = build_model(cfg.model_copy(update={"billm": BillmConfig()})).eval()
+    assert (_embed(causal, texts) - want).abs().max() > 1e-3  # same weights, causal: differs
+    model.save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "angle_ray.json").read_text())["model"]["billm"] == {
+        "enabled": True, "start_layer": 1}
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())[BILLM_CONFIG_KEY] == 1
+    reloaded = load_embedding_model(tmp_path / "saved").eval()
+    assert reloaded.cfg.billm == cfg.billm and billm_start_layer(reloaded.backbone) == 1
+    torch.testing.assert_close(_embed(reloaded, texts), want, atol=1e-6, rtol=1e-6)
+    # a plain HF model config without model.billm: the config.json record re-applies it
+    plain = build_model(ModelConfig(name_or_path=str(tmp_path / "saved"), is_llm=True,
+                                    pooling="mean")).eval()
+    torch.testing.assert_close(_embed(plain, texts), want, atol=1e-6, rtol=1e-6)
+
+
+def test_sentence_transformers_export_refuses_billm(tiny4_dir, tmp_path):
+    model = build_model(ModelConfig(name_or_path=tiny4_dir, is_llm=True, pooling="last",
+                                    billm=BillmConfig(enabled=True, start_layer=START)))
+    with pytest.raises(ValueError, match="BiLLM .*from layer 2.*sentence-transformers would load it"):
+        export_sentence_transformers(model, tmp_path / "st")
+    assert not (tmp_path / "st").exists()

@@ -8,7 +8,7 @@ import torch
 
 from angle_ray.config import BillmConfig, LoraConfig, ModelConfig
 from angle_ray.models.backbone import build_model, load_embedding_model
-from angle_ray.models.billm import BILLM_CONFIG_KEY, configure_billm
+from angle_ray.models.billm import BILLM_CONFIG_KEY, decoder_layers
 from angle_ray.models.tiny_llm import make_tiny_llm
 from angle_ray.models.truncate import cut_to_layer, embed_at, pooled_layers, truncate_dims
 
@@ -21,9 +21,7 @@ def tiny4_dir(tmp_path_factory) -> str:
 
 
 def _reload(folder):
-    model = load_embedding_model(folder)
-    configure_billm(model.backbone, model.cfg)  # what build_model will do once BiLLM is wired in
-    return model.eval()
+    return load_embedding_model(folder).eval()  # the loader re-applies a recorded BiLLM
 
 
 def _check_layers_equal_cuts(model, layers_to_cut, tmp_path):
@@ -69,13 +67,15 @@ def test_lora_billm_model_cut_merges_and_drops_billm_below_its_start(tiny4_dir, 
     cfg = ModelConfig(name_or_path=tiny4_dir, is_llm=True, pooling="mean",
                       lora=LoraConfig(enabled=True, r=4), billm=BillmConfig(enabled=True, start_layer=2))
     model = build_model(cfg)
-    configure_billm(model.backbone, model.cfg)
     for name, param in model.backbone.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.5)
     model.eval()
     layers = _check_layers_equal_cuts(model, [3], tmp_path)  # merged; layer 2 stays bidirectional
-    causal = load_embedding_model(tmp_path / "cut").eval()  # reloaded without re-applying BiLLM
+    causal = load_embedding_model(tmp_path / "cut").eval()
+    for layer in decoder_layers(causal.backbone):  # BiLLM undone: layer 2 made causal again
+        layer._forward_pre_hooks.clear()
+        layer.self_attn.is_causal = True
     with torch.no_grad():
         assert (causal(**causal.tokenize(TEXTS)) - layers[2]).abs().max() > 1e-3
     low = cut_to_layer(model, 2)
