@@ -2,7 +2,9 @@
 
     angle-ray train  --config jobs/configs/quickstart.yaml train.epochs=1
     angle-ray eval   --model all-MiniLM-L6-v2 --tasks stsb,sickr
-    angle-ray export --model runs/quickstart/model --output exported/
+    angle-ray export --model runs/quickstart/model --output exported/ [--onnx]
+    angle-ray embed  --model runs/quickstart/model --input corpus.jsonl --output corpus.parquet
+    angle-ray serve  --model runs/quickstart/model --port 8000 --replicas 2
     angle-ray mine   --config JOB.yaml --output negatives.jsonl [--model PATH]
     angle-ray qa-hard --config jobs/configs/qa_hard.yaml [--qa FILE | --from-beir DIR] --loss cln
     angle-ray sweep  --space tune_spaces/stsb_loss_weights.yaml [--config JOB.yaml] [key=value ...]
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -53,43 +55,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.no_int8 and not args.onnx:
+        raise UserError("--no-int8 goes with --onnx (it leaves out the int8 ONNX model)")
     from angle_ray.models.export import export_hf, export_sentence_transformers
     from angle_ray.models.loader import load_model
+    from angle_ray.train.final_model import export_cards
 
     model = load_model(args.model, pooling=args.pooling, max_length=args.max_length,
                        is_llm=args.is_llm)
     out = Path(args.output)
-    export_hf(model, out / "hf")
+    folders = [export_hf(model, out / "hf")]
     print(f"wrote HF model folder {out / 'hf'}")
+    st_dir = None
     if not args.no_sentence_transformers:
-        export_sentence_transformers(model, out / "sentence-transformers")
-        print(f"wrote sentence-transformers folder {out / 'sentence-transformers'}")
+        st_dir = export_sentence_transformers(model, out / "sentence-transformers")
+        folders.append(st_dir)
+        print(f"wrote sentence-transformers folder {st_dir}")
+    if args.onnx:
+        from angle_ray.models.onnx_export import export_onnx
+
+        folders.append(export_onnx(model, out / "onnx", quantize_int8=not args.no_int8))
+        print(f"wrote ONNX folder {out / 'onnx'} (onnx/model.onnx"
+              f"{'' if args.no_int8 else ', onnx/model_int8.onnx'})")
+    export_cards(args.model, model, folders, st_dir)  # a README.md model card in each folder
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # before the heavy imports: config errors first
+    if args.eval_tasks:
+        resolve_tasks(args.eval_tasks, default_data_dir())  # unknown names before training
     from angle_ray.train.driver import run_training
 
     before = _eval_quietly(cfg.model.name_or_path, cfg, args.eval_tasks) if args.eval_tasks else None
     run = run_training(cfg, address=args.address)
     print(f"[angle-ray] run folder: {run.run_dir}")
-    if args.eval_tasks and run.model_dir is not None:
+    if args.eval_tasks and run.final is not None:
+        from angle_ray.eval.runner import headline
+
         after = _eval_quietly(str(run.model_dir), cfg, args.eval_tasks)
+        run.final.write_cards(eval_table=after)  # the cards now carry the after-training figures
         print("\n| model | " + " | ".join(after) + " |")
         print("|---|" + "---|" * len(after))
-        print("| before training | " + " | ".join(f"{before[t]:.2f}" for t in after) + " |")
-        print("| after training | " + " | ".join(f"{after[t]:.2f}" for t in after) + " |")
+        for label, figures in (("before training", before), ("after training", after)):
+            print(f"| {label} | " + " | ".join(f"{headline(t, figures[t]):.2f}" for t in after) + " |")
     return 0
 
 
-def _eval_quietly(model_path: str, cfg: JobConfig, tasks: str) -> dict[str, float]:
-    """Headline figures of the job's starting model (built as the job builds it) or its result."""
-    from angle_ray.eval.runner import headline, run_tasks
+def _eval_quietly(model_path: str, cfg: JobConfig, tasks: str) -> dict[str, dict[str, float]]:
+    """Task -> metrics of the job's starting model (built as the job builds it) or its result."""
+    from angle_ray.eval.runner import run_tasks
     from angle_ray.models.loader import load_model
 
-    results = run_tasks(load_model(model_path, base=cfg.model), tasks)
-    return {t: headline(t, m) for t, m in results["tasks"].items()}
+    return run_tasks(load_model(model_path, base=cfg.model), tasks)["tasks"]
 
 
 def cmd_qa_hard(args: argparse.Namespace) -> int:
@@ -137,6 +155,20 @@ def cmd_mine(args: argparse.Namespace) -> int:
     out = write_negatives(rows, args.output, output_format(args.output, cfg.mining.output_format))
     print(summary(manifest, len(rows), out))
     return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """A corpus -> Parquet shards of embeddings (+ a FAISS index) on a Ray Data actor pool."""
+    from angle_ray.workflows.embed_corpus import run_embed
+
+    return run_embed(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP embedding endpoint on Ray Serve, until Ctrl-C / SIGTERM."""
+    from angle_ray.serve.server import run_serve
+
+    return run_serve(args)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -193,7 +225,9 @@ def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="STS Spearman / retrieval metrics of a model")
     _add_model_args(p)
     p.add_argument("--tasks", default="stsb",
-                   help="comma list of stsb,sickr,sts12..sts16,scifact, or 'all' (default: stsb)")
+                   help="comma list of stsb,sickr,sts12..sts16,scifact, beir:DIR (dev split of its "
+                        "train qrels) or beir:DIR:SPLIT (all of qrels/SPLIT.tsv), or 'all' "
+                        "(default: stsb)")
     p.add_argument("--data-dir", default=None, help="evaluation data folder (see angle_ray/eval/tasks.py)")
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=DTYPE_HELP)
@@ -208,6 +242,10 @@ def _add_export_parser(sub) -> None:
                    help="folder to write: <output>/hf and <output>/sentence-transformers")
     p.add_argument("--no-sentence-transformers", action="store_true",
                    help="write the HF folder only")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write <output>/onnx: the model folder plus onnx/model.onnx (fp32) and "
+                        "onnx/model_int8.onnx (needs the onnx extra: pip install 'angle-ray[onnx]')")
+    p.add_argument("--no-int8", action="store_true", help="with --onnx: leave out the int8 model")
     p.set_defaults(func=cmd_export)
 
 
@@ -243,6 +281,54 @@ def _add_mine_parser(sub) -> None:
     p.set_defaults(func=cmd_mine)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser; ``deferred_options`` adds the options of a command whose module
+    imports Ray (embed, serve) when that command is parsed or its help shown, so the other
+    commands and `angle-ray --help` do not wait for Ray to import."""
+
+    def __init__(self, *args, deferred_options: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deferred_options = deferred_options
+
+    def load_options(self) -> None:
+        if self.deferred_options is not None:
+            add_options, self.deferred_options = self.deferred_options, None
+            add_options(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.load_options()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.load_options()
+        return super().format_help()
+
+
+def _embed_options(p: argparse.ArgumentParser) -> None:
+    from angle_ray.workflows.embed_corpus import add_embed_args
+
+    add_embed_args(p)
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    from angle_ray.serve.server import add_serve_args
+
+    add_serve_args(p)
+
+
+def _add_embed_parser(sub) -> None:
+    p = sub.add_parser("embed", deferred_options=_embed_options,
+                       help="embed a corpus (file, folder, BEIR) to Parquet shards (+ FAISS index)")
+    p.set_defaults(func=cmd_embed)
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", deferred_options=_serve_options,
+                       help="serve a model over HTTP (POST /v1/embeddings) with Ray Serve")
+    p.set_defaults(func=cmd_serve)
+
+
 def _add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="Ray Tune search over a job's config keys (ASHA/PBT, random/TPE)")
     p.add_argument("--space", required=True, help="search space YAML, e.g. tune_spaces/stsb_loss_weights.yaml")
@@ -276,9 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one `error:` line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=CommandParser,
                                 help="what to run (`angle-ray COMMAND --help` for its options)")
-    for add in (_add_train_parser, _add_eval_parser, _add_export_parser, _add_qa_hard_parser,
-                _add_mine_parser, _add_sweep_parser):
+    for add in (_add_train_parser, _add_eval_parser, _add_export_parser, _add_embed_parser,
+                _add_serve_parser, _add_qa_hard_parser, _add_mine_parser, _add_sweep_parser):
         add(sub)
     return parser
 

@@ -16,7 +16,7 @@ from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 from ray.train.v2.api.exceptions import WorkerGroupError
 
 from angle_ray import __version__
-from angle_ray.cli import USER_ERROR_EXIT, find_user_error, main
+from angle_ray.cli import USER_ERROR_EXIT, CommandParser, find_user_error, main
 from angle_ray.config import ConfigError
 from angle_ray.data.errors import DataError
 from angle_ray.models.loader import ModelLoadError
@@ -49,7 +49,11 @@ def test_every_option_has_a_help_text():
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse keeps them only here
+    assert {"embed", "serve"} <= set(commands)
     for name, sub in {"angle-ray": parser, **commands}.items():
+        if isinstance(sub, CommandParser):
+            sub.load_options()  # embed / serve add theirs on first use
+        assert name == "angle-ray" or len(sub._actions) > 1, f"{name} has no options"
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
 
@@ -157,3 +161,103 @@ def test_train_on_a_row_with_an_empty_text_names_file_line_and_field(data_dir, t
                    f"train.storage_path={tmp_path / 'runs'}", "train.max_steps=2", "eval.dev=null",
                    timeout=600)
     assert_user_error(proc, f"{corpus} line 3, field 'text2': empty text")
+
+
+def test_embed_and_serve_options_load_only_when_their_command_runs():
+    code = ("import sys; from angle_ray.cli import build_parser; "
+            "build_parser().format_help(); print('ray' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stdout.strip() == "False"  # `angle-ray --help` does not wait for Ray to import
+    proc = run_cli("embed", "--help")
+    assert proc.returncode == 0 and "--text-field" in proc.stdout and "--index" in proc.stdout
+    proc = run_cli("serve", "--help")
+    assert proc.returncode == 0 and "--replicas" in proc.stdout and "--api-key-env" in proc.stdout
+
+
+# --- embed / serve / export: user errors before any Ray work -----------------------------------
+
+
+def test_embed_of_a_missing_model_folder_names_the_path(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a"}\n')
+    proc = run_cli("embed", "--model", "/no/such/dir", "--input", str(corpus),
+                   "--output", str(tmp_path / "out.parquet"))
+    assert_user_error(proc, "/no/such/dir: no such model folder")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_embed_of_a_missing_input_names_it(tmp_path, capsys):
+    missing = tmp_path / "nowhere.jsonl"
+    assert main(["embed", "--model", "all-MiniLM-L6-v2", "--input", str(missing),
+                 "--output", str(tmp_path / "out.parquet")]) == 2
+    assert capsys.readouterr().err == f"error: --input {missing}: no such file or folder ({missing})\n"
+
+
+def test_embed_of_a_row_without_text_names_file_line_and_field(tmp_path, capsys):
+    corpus = tmp_path / "docs.jsonl"  # (a file named corpus.jsonl reads as a BEIR corpus)
+    corpus.write_text('{"id": "a", "body": "first"}\n{"id": "b", "body": ""}\n')
+    assert main(["embed", "--model", "all-MiniLM-L6-v2", "--input", str(corpus), "--text-field",
+                 "body", "--id-field", "id", "--output", str(tmp_path / "out.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {corpus} line 2, field 'body': "), err
+
+
+def test_embed_with_zero_rows_per_shard_is_refused(tmp_path, capsys):
+    assert main(["embed", "--model", "all-MiniLM-L6-v2", "--input", str(tmp_path), "--output",
+                 str(tmp_path / "o"), "--shard-rows", "0"]) == 2
+    assert capsys.readouterr().err == "error: --shard-rows and --max-length must be >= 1\n"
+
+
+def test_serve_on_a_port_outside_tcp_names_it():
+    proc = run_cli("serve", "--model", "all-MiniLM-L6-v2", "--port", "70000")
+    assert_user_error(proc, "--port 70000 is not a TCP port (1..65535)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "/no/such/dir"], "/no/such/dir: no such model folder"),
+    (["--model", "all-MiniLM-L6-v2", "--prompt", "query: "], "--prompt 'query: ' has no '{text}' slot"),
+    (["--model", "all-MiniLM-L6-v2", "--api-key-env", "ANGLE_RAY_TEST_UNSET_KEY"],
+     "--api-key-env ANGLE_RAY_TEST_UNSET_KEY: the environment variable is not set or empty"),
+])
+def test_serve_user_errors_stop_before_ray_starts(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("ANGLE_RAY_TEST_UNSET_KEY", raising=False)
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_export_no_int8_without_onnx_is_refused(tmp_path):
+    proc = run_cli("export", "--model", "all-MiniLM-L6-v2", "--output", str(tmp_path / "out"),
+                   "--no-int8")
+    assert_user_error(proc, "--no-int8 goes with --onnx")
+    assert not (tmp_path / "out").exists()
+
+
+# --- mining: a split with nothing to mine ------------------------------------------------------
+
+
+def test_mine_on_a_split_without_positives_names_the_split(mini_scifact, tmp_path):
+    qrels = (mini_scifact / "qrels" / "train.tsv").read_text().splitlines()
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (beir / name).write_text((mini_scifact / name).read_text())
+    # every judgement scored 0: no query has a positive to mine negatives for
+    zeroed = [qrels[0], *("\t".join(line.split("\t")[:2] + ["0"]) for line in qrels[1:])]
+    (beir / "qrels" / "train.tsv").write_text("\n".join(zeroed) + "\n")
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"mining:\n  beir: {beir}\n  holdout_fraction: 0\n")
+    proc = run_cli("mine", "--config", str(config), "--output", str(tmp_path / "neg.jsonl"))
+    assert_user_error(proc, f"mining.beir='{beir}': no query of split 'train' (qrels/train.tsv) has a "
+                            "positive judgement")
+    assert not (tmp_path / "neg.jsonl").exists()
+
+
+def test_a_bad_dev_fraction_is_a_user_error():
+    from angle_ray.data.beir import SplitError, split_qrels_by_query
+
+    with pytest.raises(SplitError, match=r"dev_fraction must be in \(0, 1\), got 1.5") as caught:
+        split_qrels_by_query({"q1": {"d1": 1}}, dev_fraction=1.5)
+    assert find_user_error(RuntimeError("wrapped")) is None
+    assert find_user_error(caught.value) is caught.value  # main() prints it as `error: ...`, exit 2

@@ -20,8 +20,13 @@ from pathlib import Path
 
 from angle_ray.data.errors import DataError
 from angle_ray.data.readers import iter_rows
+from angle_ray.errors import UserError
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+class SplitError(UserError):
+    """A judgement split that cannot be made as asked (e.g. a dev fraction outside (0, 1))."""
 
 
 @dataclass
@@ -133,7 +138,7 @@ def split_qrels_by_query(
     Deterministic for a given (set of query ids, fraction, seed), whatever the dict order;
     ``round(dev_fraction * n_queries)`` queries go to dev."""
     if not 0.0 < dev_fraction < 1.0:
-        raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+        raise SplitError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
     qids = sorted(qrels)
     random.Random(seed).shuffle(qids)
     dev_ids = set(qids[: round(dev_fraction * len(qids))])

@@ -218,6 +218,14 @@ def _apply_prompt(prompt: str | None, text: str) -> str:
     return text if prompt is None else prompt.replace("{text}", text)
 
 
+def prompts_used(cfg: DatasetConfig, fmt: str) -> dict[str, str]:
+    """The prompts this corpus applies in format ``fmt``, by the names an exported model keeps:
+    ``text`` (Format A's ``text_prompt``), ``query`` and ``document`` (B/C's query / doc prompts)."""
+    named = {"text": cfg.text_prompt} if fmt == "A" else {"query": cfg.query_prompt,
+                                                          "document": cfg.doc_prompt}
+    return {name: prompt for name, prompt in named.items() if prompt is not None}
+
+
 # ---------------------------------------------------------------- list sampling
 
 

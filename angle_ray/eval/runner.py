@@ -1,6 +1,7 @@
 """Run named evaluation tasks on a model and report them as a markdown table and JSON.
 
     angle-ray eval --model all-MiniLM-L6-v2 --pooling mean --tasks stsb,sickr
+    angle-ray eval --model runs/quickstart/model --tasks beir:/data/nfcorpus:test
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 from angle_ray.eval.retrieval import evaluate_retrieval
 from angle_ray.eval.sts import sts_spearman
 from angle_ray.eval.tasks import (
-    RETRIEVAL_TASKS,
     default_data_dir,
-    load_scifact_dev,
+    is_retrieval_task,
+    load_retrieval_task,
     load_sts_task,
     resolve_tasks,
 )
@@ -29,8 +30,8 @@ def run_tasks(model, tasks: str | list[str], data_dir: str | Path | None = None,
     seconds: dict[str, float] = {}
     for task in names:
         start = time.perf_counter()
-        if task in RETRIEVAL_TASKS:
-            corpus, queries, qrels = load_scifact_dev(data_dir)
+        if is_retrieval_task(task):
+            corpus, queries, qrels = load_retrieval_task(task, data_dir)
             results[task] = evaluate_retrieval(model, corpus, queries, qrels,
                                                batch_size=batch_size, dtype=dtype)
         else:

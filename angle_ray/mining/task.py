@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from angle_ray.config import MiningConfig
 from angle_ray.data.beir import load_beir, split_qrels_by_query
 from angle_ray.data.location import expand_path
+from angle_ray.errors import UserError
+
+
+class NoPositivesError(UserError):
+    """The mining split has no query with a positive judgement left to mine for."""
 
 
 @dataclass
@@ -46,7 +51,9 @@ def load_mining_task(cfg: MiningConfig) -> MiningTask:
             query_ids.append(qid)
             positives.append(pos)
     if not query_ids:
-        raise ValueError(f"mining.beir={cfg.beir!r}: no query of split {cfg.split!r} has a positive "
-                         "judgement outside the holdout")
+        raise NoPositivesError(
+            f"mining.beir={cfg.beir!r}: no query of split {cfg.split!r} (qrels/{cfg.split}.tsv) has a "
+            f"positive judgement (score > 0) outside the holdout (mining.holdout_fraction="
+            f"{cfg.holdout_fraction:g}); use a split with positive judgements or a smaller holdout")
     return MiningTask(doc_ids=doc_ids, doc_texts=[data.corpus[d] for d in doc_ids], query_ids=query_ids,
                       query_texts=[data.queries[q] for q in query_ids], positives=positives)

@@ -10,9 +10,7 @@ checkpoint instead of starting over.
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,20 +19,18 @@ import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from angle_ray.config import DatasetConfig, JobConfig, TrainConfig, dump_config
+from angle_ray.config import ConfigError, DatasetConfig, JobConfig, TrainConfig, dump_config
 from angle_ray.data.formats import resolve_format
 from angle_ray.data.location import expand_path
 from angle_ray.data.stream import normalised_corpus, tokenized_epochs, validate_corpus
 from angle_ray.mining.refresher import start_refresher
 from angle_ray.mining.training_setup import prepare_mining, stop_refresher
-from angle_ray.models.backbone import load_embedding_model, load_tokenizer
-from angle_ray.models.export import export_sentence_transformers
-from angle_ray.train.checkpoint import MODEL_DIR
+from angle_ray.models.backbone import load_tokenizer
+from angle_ray.train.final_model import FinalModel, choose_checkpoint, export_final
 from angle_ray.train.loop import train_loop_per_worker
 from angle_ray.train.plan import NegativesPlan, StreamPlan, WorkerPlan, load_dev
 from angle_ray.train.progress import ProgressCallback, plot_curves
-
-logger = logging.getLogger(__name__)
+from angle_ray.train.worker_logs import WORKER_ENV_VARS
 
 
 @dataclass
@@ -44,6 +40,7 @@ class TrainRun:
     checkpoint_dir: str | None
     metrics: dict
     total_steps: int
+    final: FinalModel | None = None  # which checkpoint was exported; writes the model cards
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -108,7 +105,7 @@ def plan_streams(cfg: JobConfig) -> tuple[dict, list[StreamPlan], int]:
     Returns (datasets for the trainer by stream name, stream plans, total steps).
     """
     if not cfg.data:
-        raise ValueError("config has no `data:` entries to train on")
+        raise ConfigError("config has no `data:` entries to train on")
     t = cfg.train
     max_workers = t.num_workers if isinstance(t.num_workers, int) else t.num_workers[1]
     global_batch = t.batch_size * max_workers
@@ -160,6 +157,7 @@ def build_trainer(cfg: JobConfig, datasets: dict, plan: WorkerPlan,
                 checkpoint_score_attribute="dev_metric" if plan.dev is not None else None,
                 checkpoint_score_order="max"),
             callbacks=[ProgressCallback(str(run_dir)), *(callbacks or [])],
+            worker_runtime_env={"env_vars": WORKER_ENV_VARS},
         ),
     )
 
@@ -199,26 +197,9 @@ def run_training(cfg: JobConfig, address: str | None = None, callbacks: list | N
           f"{cfg.train.num_workers} worker(s); run folder {run_dir}", flush=True)
     result = _fit(cfg, datasets, plan, callbacks, run_dir)
     plot_curves(run_dir)
-    model_dir = export_final(cfg, result.checkpoint, run_dir)
-    return TrainRun(run_dir=run_dir, model_dir=model_dir,
+    chosen = choose_checkpoint(result.best_checkpoints or [], (result.checkpoint, result.metrics))
+    final = export_final(cfg, plan.streams, chosen, run_dir)
+    return TrainRun(run_dir=run_dir, model_dir=final.model_dir if final else None,
                     checkpoint_dir=result.checkpoint.path if result.checkpoint else None,
-                    metrics=dict(result.metrics or {}), total_steps=plan.total_steps)
+                    metrics=dict(result.metrics or {}), total_steps=plan.total_steps, final=final)
 
-
-def export_final(cfg: JobConfig, checkpoint, run_dir: Path) -> Path | None:
-    """Copy the last checkpoint's model folder out and write the sentence-transformers export."""
-    if checkpoint is None:
-        return None
-    out = Path(cfg.export.output_dir) if cfg.export.output_dir else run_dir / "model"
-    with checkpoint.as_directory() as folder:
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(Path(folder) / MODEL_DIR, out)
-    if cfg.export.sentence_transformers:
-        try:
-            export_sentence_transformers(load_embedding_model(str(out)),
-                                         str(out.parent / (out.name + "-sentence-transformers")))
-        except ValueError as err:  # pooling without a sentence-transformers equivalent
-            logger.warning("sentence-transformers export skipped: %s", err)
-    print(f"[angle-ray] model written to {out}", flush=True)
-    return out

@@ -34,6 +34,7 @@ from angle_ray.train.plan import WorkerPlan
 from angle_ray.train.reporting import Reporter
 from angle_ray.train.step import step_extras, train_step
 from angle_ray.train.streams import Streams, pick_stream
+from angle_ray.train.worker_logs import quiet_report_log
 
 
 def _threads(train: TrainConfig) -> int:
@@ -44,7 +45,8 @@ def _threads(train: TrainConfig) -> int:
 
 
 def set_up_worker(train: TrainConfig) -> torch.device:
-    """Threads, seeds and the device of this worker."""
+    """Threads, seeds, console and the device of this worker."""
+    quiet_report_log()  # no "Reporting training result N" lines on the driver's console
     torch.set_num_threads(_threads(train))
     torch.manual_seed(train.seed)
     np.random.seed(train.seed)

@@ -132,7 +132,8 @@ class NegativesFeed:
             return
         self.current = future.result()
         self.used.append(want)
-        print(f"[angle-ray] step {step}: training with negatives v{want}", flush=True)
+        if not dist.is_initialized() or dist.get_rank() == 0:  # one line per run, not per rank
+            print(f"[angle-ray] step {step}: training with negatives v{want}", flush=True)
 
     def staleness(self, step: int) -> int:
         return step - (self.current.step if self.current else 0)

@@ -66,3 +66,96 @@ def test_all_runs_present_tasks_and_lists_the_rest(data_dir):
     run, absent = resolve_tasks("all", data_dir)
     assert {"stsb", "sickr", "scifact"} <= set(run)
     assert "sts12" in absent  # no SemEval folders in the shared data
+
+
+# --- beir:DIR[:split] ----------------------------------------------------------------------------
+
+
+def test_beir_task_with_a_split_scores_every_judgement_of_that_qrels_file(mini_scifact, tmp_path,
+                                                                         capsys):
+    from angle_ray.data.beir import load_beir
+    from angle_ray.eval.retrieval import evaluate_retrieval
+    from angle_ray.models.loader import load_model
+
+    task = f"beir:{mini_scifact}:train"
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--tasks", task, "--max-length", "64", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())["tasks"][task]
+    data = load_beir(mini_scifact, split="train")
+    assert len(data.qrels) == 60  # all judged queries, no dev split
+    expected = evaluate_retrieval(load_model("all-MiniLM-L6-v2", max_length=64), data.corpus,
+                                  data.queries, data.qrels, show_progress=False)
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert set(got) >= {"ndcg@10", "mrr@10"} and 0 < got["ndcg@10"] <= 100
+    assert f"| {task} | avg |" in capsys.readouterr().out
+
+
+def test_beir_task_without_a_split_is_the_dev_split_of_train(mini_scifact):
+    from angle_ray.data.beir import load_beir, split_qrels_by_query
+    from angle_ray.eval.tasks import SCIFACT_DEV_FRACTION, load_retrieval_task
+
+    corpus, queries, qrels = load_retrieval_task(f"beir:{mini_scifact}", mini_scifact.parent)
+    full = load_beir(mini_scifact, split="train")
+    _, dev = split_qrels_by_query(full.qrels, SCIFACT_DEV_FRACTION, 0)
+    assert qrels == dev and len(qrels) == round(0.2 * 60) == 12
+    assert corpus == full.corpus and queries == full.queries
+
+
+def test_beir_task_keeps_the_case_of_its_folder(mini_scifact, tmp_path):
+    folder = tmp_path / "MixedCase"
+    folder.symlink_to(mini_scifact, target_is_directory=True)
+    names, _ = resolve_tasks(f"STSB, beir:{folder}:train", tmp_path)
+    assert names == ["stsb", f"beir:{folder}:train"]
+
+
+def test_beir_task_with_an_unknown_split_names_the_missing_qrels_file(mini_scifact, capsys):
+    assert main(["eval", "--tasks", f"beir:{mini_scifact}:test"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: task 'beir:{mini_scifact}:test': no qrels file "
+                   f"{mini_scifact / 'qrels' / 'test.tsv'} (splits in {mini_scifact / 'qrels'}: train)\n")
+
+
+def test_beir_task_with_a_missing_folder_names_it(tmp_path, capsys):
+    assert main(["eval", "--tasks", f"beir:{tmp_path / 'nope'}:test"]) == 2
+    assert capsys.readouterr().err == (f"error: task 'beir:{tmp_path / 'nope'}:test': BEIR folder not "
+                                       f"found: {tmp_path / 'nope'}\n")
+
+
+# --- STS12-16 without a local folder ------------------------------------------------------------
+
+
+def test_sts12_without_a_folder_offline_says_what_to_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["eval", "--tasks", "sts12", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: task 'sts12': data not found at {tmp_path / 'sts' / 'STS12-en-test'}")
+    assert "the public copy mteb/sts12-sts was not tried (HF_HUB_OFFLINE=1)" in err
+    assert "Set --data-dir (or ANGLE_RAY_DATA_DIR) to a folder holding it" in err
+    assert "unset HF_HUB_OFFLINE" in err and err.count("\n") == 1
+
+
+# --- a sentence-transformers model keeps its own pooling ------------------------------------------
+
+
+def test_eval_of_a_sentence_transformers_folder_uses_its_pooling(minilm_small, data_dir, tmp_path):
+    from angle_ray.config import ModelConfig
+    from angle_ray.eval.sts import sts_spearman
+    from angle_ray.models.backbone import build_model
+    from angle_ray.models.export import export_sentence_transformers
+
+    rows = [json.loads(x) for x in (data_dir / "stsb" / "test.jsonl").open().readlines()[:40]]
+    folder = tmp_path / "data" / "sts" / "STS12-en-test"
+    folder.mkdir(parents=True)
+    (folder / "STS.input.part.txt").write_text("".join(f"{r['text1']}\t{r['text2']}\n" for r in rows))
+    (folder / "STS.gs.part.txt").write_text("".join(f"{r['label']}\n" for r in rows))
+    cls_model = build_model(ModelConfig(pooling="cls"))
+    export_sentence_transformers(cls_model, tmp_path / "st-cls")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tmp_path / "st-cls"), "--tasks", "sts12",
+                 "--data-dir", str(tmp_path / "data"), "--output", str(out)]) == 0
+    got = json.loads(out.read_text())["tasks"]["sts12"]["spearman"]
+    args = ([r["text1"] for r in rows], [r["text2"] for r in rows], [r["label"] for r in rows])
+    with_cls = sts_spearman(cls_model, *args, show_progress=False)
+    with_mean = sts_spearman(minilm_small, *args, show_progress=False)
+    assert abs(with_cls - with_mean) > 0.5  # the two poolings give distinguishable figures
+    assert got == pytest.approx(with_cls, abs=1e-6)
