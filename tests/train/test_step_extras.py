@@ -1,7 +1,7 @@
 """train_step with the job's extras on real MiniLM and real STS-B rows, in one process:
 a teacher equal to the student adds nothing (part 0, same gradients); ESE's step loss is EseLoss's
 value on the model's pooled layers; GradCache gives the uncached step's parameter gradients with
-the DDP engine and with DeepSpeed ZeRO-0 and ZeRO-2 (world size 1, gloo, DeepSpeed on CPU).
+the DDP engine and with DeepSpeed ZeRO-0, ZeRO-2 and ZeRO-3 (world size 1, gloo, DeepSpeed on CPU).
 
 Dropout is off (eval mode) so that one forward over the whole batch and GradCache's mini-batches
 compute the same function; GradCache under dropout is tested in test_grad_cache.py."""
@@ -145,7 +145,13 @@ def test_ese_step_loss_is_ese_loss_on_the_pooled_layers(stsb_batch):
     assert result.parts["ese_full"] == pytest.approx(rows_loss(layers[-1]).item(), rel=1e-5)
 
 
-# --- GradCache: DDP, DeepSpeed ZeRO-0 and ZeRO-2 -----------------------------------------------
+# --- GradCache: DDP, DeepSpeed ZeRO-0, 2 and 3 ------------------------------------------------
+
+
+def test_step_extras_take_the_grad_cache_size_from_the_job(minilm_small):
+    job = JobConfig(train=TrainConfig(grad_cache=GradCacheConfig(enabled=True, mini_batch_size=8)))
+    assert step_extras(job, minilm_small) == StepExtras(grad_cache_mini_batch=8)
+    assert step_extras(JobConfig(), minilm_small) == StepExtras()
 
 
 @pytest.fixture(scope="module")
