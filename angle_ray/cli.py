@@ -46,12 +46,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, pooling=args.pooling, max_length=args.max_length,
                        is_llm=args.is_llm, dtype=args.dtype)
+    model = _cut_model(model, args.layer, args.dim)
     results = run_tasks(model, args.tasks, data_dir, batch_size=args.batch_size, dtype=args.dtype)
     print(markdown_table(results))
     out = args.output or "eval_results.json"
     write_json(results, out, args.model)
     print(f"\nwrote {out}")
     return 0
+
+
+def _cut_model(model, layer: int | None, dim: int | None):
+    """--layer / --dim: the model cut to its first `layer` layers, embedding `dim` dimensions."""
+    from angle_ray.models.truncate import cut_to_layer, num_layers
+
+    depth = num_layers(model)
+    if layer is not None and not 1 <= layer <= depth:
+        raise UserError(f"--layer {layer}: the model has layers 1..{depth}")
+    if dim is not None and not 1 <= dim <= model.embedding_dim:
+        raise UserError(f"--dim {dim}: the embedding has 1..{model.embedding_dim} dimensions")
+    model = cut_to_layer(model, layer) if layer is not None else model
+    return model.set_output_dim(dim) if dim is not None else model
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -63,6 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, pooling=args.pooling, max_length=args.max_length,
                        is_llm=args.is_llm)
+    model = _cut_model(model, args.layer, None)
     out = Path(args.output)
     folders = [export_hf(model, out / "hf")]
     print(f"wrote HF model folder {out / 'hf'}")
@@ -232,6 +247,10 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help=DTYPE_HELP)
     p.add_argument("--output", default=None, help="JSON results path (default: eval_results.json)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="evaluate the model cut to its first N layers (ESE; default: all)")
+    p.add_argument("--dim", type=int, default=None,
+                   help="evaluate the first D embedding dimensions (ESE / Matryoshka; default: all)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -246,6 +265,8 @@ def _add_export_parser(sub) -> None:
                    help="also write <output>/onnx: the model folder plus onnx/model.onnx (fp32) and "
                         "onnx/model_int8.onnx (needs the onnx extra: pip install 'angle-ray[onnx]')")
     p.add_argument("--no-int8", action="store_true", help="with --onnx: leave out the int8 model")
+    p.add_argument("--layer", type=int, default=None,
+                   help="export the model cut to its first N layers (ESE; default: all)")
     p.set_defaults(func=cmd_export)
 
 
