@@ -261,3 +261,28 @@ def test_a_bad_dev_fraction_is_a_user_error():
         split_qrels_by_query({"q1": {"d1": 1}}, dev_fraction=1.5)
     assert find_user_error(RuntimeError("wrapped")) is None
     assert find_user_error(caught.value) is caught.value  # main() prints it as `error: ...`, exit 2
+
+
+# --- export: a model card in every folder ----------------------------------------------------------
+
+
+def test_export_writes_a_model_card_in_each_folder(tiny_llm_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", "--model", tiny_llm_dir, "--is-llm", "--output", str(out)]) == 0
+    for folder in (out / "hf", out / "sentence-transformers"):
+        card = (folder / "README.md").read_text()
+        assert "- pooling: `last`" in card and "No training record (angle_ray_card.json)" in card
+        assert f'SentenceTransformer("{out / "sentence-transformers"}")' in card
+    assert "onnx" not in capsys.readouterr().out
+
+
+@pytest.mark.slow  # torch.onnx dynamo export of MiniLM: ~40 s on 2 cores
+def test_export_onnx_without_int8_writes_the_fp32_graph_and_its_card(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("export", "--model", "all-MiniLM-L6-v2", "--output", str(out), "--onnx", "--no-int8",
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "onnx" / "onnx" / "model.onnx").is_file()
+    assert not (out / "onnx" / "onnx" / "model_int8.onnx").exists()
+    card = (out / "onnx" / "README.md").read_text()
+    assert f'OnnxEmbedder("{out / "onnx"}", variant="fp32")' in card

@@ -97,6 +97,10 @@ def _checkpoint_section(chosen: Mapping | None) -> list[str]:
     if chosen is None:
         text = ("The weights of the last training step. No checkpoint with a dev metric was kept "
                 "(no dev evaluation ran), so there was no better one to choose.")
+    elif chosen.get("last_step") == chosen["step"]:  # the best one is the last one
+        text = (f"The checkpoint of step {chosen['step']}, the last step, which is also the best "
+                f"one by the dev metric `{chosen['metric']}` = {_fmt(chosen['value'])} among the "
+                "checkpoints kept.")
     else:
         text = (f"The checkpoint of step {chosen['step']}: the best one by the dev metric "
                 f"`{chosen['metric']}` = {_fmt(chosen['value'])} among the checkpoints kept, "

@@ -160,6 +160,16 @@ def test_cards_are_rewritten_with_the_eval_table_and_reused_by_a_re_export(three
     assert json.loads((out / CARD_RECORD).read_text())["chosen_checkpoint"]["step"] == 4
 
 
+def test_when_the_last_checkpoint_is_the_best_the_card_says_both(three_checkpoints):
+    cfg, kept, run_dir = three_checkpoints
+    rising = [(kept[0][0], {"step": 2, "dev_metric": 50.0}), (kept[2][0], {"step": 6, "dev_metric": 66.0})]
+    final = export_final(cfg, [_stream("A")], choose_checkpoint(rising, rising[-1]), run_dir)
+    card = (final.model_dir / CARD_FILE).read_text()
+    assert ("The checkpoint of step 6, the last step, which is also the best one by the dev metric "
+            "`dev_metric` = 66") in card
+    assert "instead of the last step" not in card
+
+
 def test_without_a_dev_set_the_card_says_the_last_step_was_exported(tmp_path, tiny_llm_dir):
     cfg = _job(tmp_path, tiny_llm_dir, [{"path": "sts.jsonl", "format": "A"}],
                export={"sentence_transformers": False})
