@@ -212,11 +212,21 @@ def _accepts_pooling_flag(config) -> bool:
     return "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters
 
 
-def _load_backbone(path: str, cfg: ModelConfig) -> nn.Module:
+def load_dtype(cfg: ModelConfig, training: bool) -> torch.dtype:
+    """The dtype the backbone's weights load in. For training, weights that train load in fp32:
+    they are the master weights (autocast or DeepSpeed's bf16 runs the low precision, see
+    ``angle_ray.train.engine``); a frozen LoRA base loads in ``cfg.dtype`` (half the memory).
+    For inference, ``cfg.dtype``."""
+    if training and not cfg.lora.enabled:
+        return torch.float32
+    return TORCH_DTYPES[cfg.dtype]
+
+
+def _load_backbone(path: str, cfg: ModelConfig, training: bool) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(path)
-    kwargs = {"dtype": TORCH_DTYPES[cfg.dtype]}
+    kwargs = {"dtype": load_dtype(cfg, training)}
     if cfg.is_llm:
         config.use_cache = False  # embeddings never generate; no KV cache objects
     elif _accepts_pooling_flag(config):
@@ -304,8 +314,9 @@ def _assemble(
     base_model_path: str,
     adapter_dir: str | None = None,
     usage: dict | None = None,
+    training: bool = False,
 ) -> EmbeddingModel:
-    backbone = _load_backbone(weights_path, cfg)
+    backbone = _load_backbone(weights_path, cfg, training)
     configure_billm(backbone, cfg)  # cfg.billm, else the start layer a saved HF config records
     dim = _hidden_size(backbone)
     if cfg.gradient_checkpointing:
@@ -329,9 +340,11 @@ def _assemble(
 def build_model(cfg: ModelConfig, usage: dict | None = None) -> EmbeddingModel:
     """Load ``cfg.name_or_path`` (the default model resolves to the packaged MiniLM) for training.
 
-    ``usage``: prompts / default_prompt_name / normalize to attach (see ``EmbeddingModel``)."""
+    ``usage``: prompts / default_prompt_name / normalize to attach (see ``EmbeddingModel``).
+    Weights that train load in fp32 whatever ``cfg.dtype`` (see ``load_dtype``)."""
     path = resolve_model_path(cfg.name_or_path)
-    return _assemble(cfg, weights_path=path, tokenizer_path=path, base_model_path=path, usage=usage)
+    return _assemble(cfg, weights_path=path, tokenizer_path=path, base_model_path=path, usage=usage,
+                     training=True)
 
 
 def load_embedding_model(directory: str | Path, dtype: str | None = None) -> EmbeddingModel:

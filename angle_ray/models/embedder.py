@@ -17,7 +17,6 @@ truncation and a cosine similarity matrix on top of ``encode``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -28,12 +27,11 @@ from tqdm.auto import tqdm
 
 from angle_ray.models.backbone import EmbeddingModel
 from angle_ray.models.loader import load_model
-from angle_ray.models.precision import resolve_dtype
+from angle_ray.models.precision import autocast, notify_once, resolve_dtype
 from angle_ray.models.truncate import embed_at
 
 logger = logging.getLogger(__name__)
 
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONVERT_TO = ("numpy", "torch")
 
 
@@ -70,9 +68,11 @@ def encode(
 ) -> np.ndarray:
     """Embed ``texts`` with ``model``; returns a float32 array of shape (len(texts), H).
 
-    ``layer``: the embedding at that transformer layer (1..N; ESE), as the model cut there."""
-    if dtype not in _AUTOCAST:
-        raise ValueError(f"encode dtype {dtype!r} is not one of {sorted(_AUTOCAST)}")
+    ``layer``: the embedding at that transformer layer (1..N; ESE), as the model cut there.
+    ``dtype``: fp32, bf16 or fp16, run as autocast on the model's device; a precision the device
+    has no native support for runs in fp32 (``precision.resolve_dtype``; one notice per process)."""
+    run_dtype, notice = resolve_dtype(dtype, model.device)
+    notify_once(notice)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     texts = apply_prompt(list(texts), prompt)
@@ -80,7 +80,6 @@ def encode(
     if not texts:
         return out
     device = model.device
-    autocast_dtype = _AUTOCAST[dtype]
     was_training = model.training
     model.eval()
     try:
@@ -95,12 +94,7 @@ def encode(
             for idx in batches:
                 batch = model.tokenize([texts[i] for i in idx])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                autocast = (
-                    torch.autocast(device_type=device.type, dtype=autocast_dtype)
-                    if autocast_dtype is not None
-                    else contextlib.nullcontext()
-                )
-                with autocast:
+                with autocast(device, run_dtype):
                     emb = (model(**batch) if layer is None else
                            embed_at(model, batch["input_ids"], batch["attention_mask"], layer=layer))
                 emb = emb.float()
@@ -137,8 +131,7 @@ class Embedder:
     def __init__(self, model: EmbeddingModel, dtype: str = "fp32") -> None:
         self.model = model.eval()
         self.dtype, notice = resolve_dtype(dtype, model.device)
-        if notice:
-            logger.warning(notice)
+        notify_once(notice)
 
     @classmethod
     def from_pretrained(

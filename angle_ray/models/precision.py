@@ -1,8 +1,7 @@
 """Mixed precision: which dtype a device can run, and the autocast context that runs it.
 
     dtype, notice = resolve_dtype(cfg.model.dtype, device)   # "bf16" -> "fp32" where unsupported
-    if notice:
-        logger.warning(notice)
+    notify_once(notice)                                       # one log line per process
     with autocast(device, dtype):
         emb = model(**batch)                                  # matmuls in bf16, weights fp32
     loss = loss_fn(emb.float(), ...)                          # losses stay in fp32
@@ -19,15 +18,19 @@ by emulation, slower than fp32, so those count as unsupported and fall back to f
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 (AVX-512 / AMX), Arm
 CPUINFO = Path("/proc/cpuinfo")
+_NOTICES_SHOWN: set[str] = set()  # fallback notices already shown by this process
 
 
 def cpu_bf16_flags(cpuinfo_text: str) -> set[str]:
@@ -85,6 +88,16 @@ def resolve_dtype(requested: str, device: torch.device | str,
     if requested == "fp16" and device.type != "cuda":
         return "fp32", "model.dtype=fp16: fp16 runs on CUDA only; running in fp32 on cpu"
     return requested, None
+
+
+def notify_once(notice: str | None) -> bool:
+    """Log a ``resolve_dtype`` notice once per process (a training worker, an encoder actor),
+    however often the precision is resolved; True when it was logged now."""
+    if notice is None or notice in _NOTICES_SHOWN:
+        return False
+    _NOTICES_SHOWN.add(notice)
+    logger.warning(notice)
+    return True
 
 
 def autocast(device: torch.device | str, dtype: str) -> AbstractContextManager:

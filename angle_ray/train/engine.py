@@ -9,6 +9,15 @@
 DeepSpeed is called directly (`deepspeed.initialize`), never together with Ray's
 `prepare_model`. The optimiser is torch's AdamW handed to DeepSpeed as a client optimiser, so
 no fused CUDA / CPU-Adam kernel has to be compiled on CPU machines.
+
+Precision (`model.dtype`, see `precision_plan`): the parameters that train and the optimiser
+state stay fp32 (the master weights); the loss is computed on fp32 embeddings (train_step).
+  * torch autocast around the forward, fp32 weights: on CPU, under DDP, and at ZeRO-0.
+    (DeepSpeed 0.19's bf16 config casts the whole model to bf16 and at ZeRO-0 updates it with
+    bf16 gradients; measured on CPU, its loss drifted from fp32 by 5% in two steps.)
+  * DeepSpeed's own bf16 / fp16 config (it casts the model, keeps fp32 master weights in the
+    ZeRO optimiser; fp16 with its dynamic loss scaler): on GPU at ZeRO-1..3, and fp16 at any stage.
+A bf16 request on a device without native bf16 runs in fp32, with a one-line notice per worker.
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ from __future__ import annotations
 import math
 import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from angle_ray.config import TrainConfig
+from angle_ray.models.precision import autocast, notify_once, resolve_dtype
 
 DS_TAG = "state"
 
@@ -58,8 +69,47 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How a worker runs ``model.dtype``: ``dtype`` is what runs (after the device check);
+    ``deepspeed_native``: DeepSpeed's bf16/fp16 config does it, else ``autocast_dtype`` does."""
+
+    dtype: str
+    deepspeed_native: bool
+    notice: str | None = None
+
+    @property
+    def autocast_dtype(self) -> str:
+        return "fp32" if self.deepspeed_native else self.dtype
+
+
+def precision_plan(requested: str, cfg: TrainConfig, device: torch.device | str,
+                   bf16_ok: bool | None = None) -> Precision:
+    """The precision a worker on ``device`` trains in (see the module doc); ``bf16_ok`` overrides
+    the device's bf16 detection (None: detect)."""
+    device = torch.device(device)
+    dtype, notice = resolve_dtype(requested, device, bf16_ok)
+    on_gpu_deepspeed = device.type == "cuda" and cfg.strategy == "deepspeed"
+    if dtype == "fp16" and not on_gpu_deepspeed:
+        # the config refuses this; a TrainConfig built in code gets the same answer here
+        raise ValueError("model.dtype=fp16 trains only with train.strategy=deepspeed on a GPU "
+                         "(its loss scaler); use model.dtype=bf16")
+    native = on_gpu_deepspeed and (dtype == "fp16" or (dtype == "bf16" and cfg.zero_stage >= 1))
+    return Precision(dtype=dtype, deepspeed_native=native, notice=notice)
+
+
+def fp32_master_weights(model: torch.nn.Module, precision: Precision) -> None:
+    """Make every parameter that trains fp32 (the master weights); in an fp32 run, every
+    parameter (a LoRA base loaded in bf16 would otherwise run emulated bf16 matmuls). A frozen
+    LoRA base stays in its load dtype under autocast or DeepSpeed's bf16."""
+    for param in model.parameters():
+        if param.dtype != torch.float32 and (param.requires_grad or precision.dtype == "fp32"):
+            param.data = param.data.float()
+
+
 def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
-    """The DeepSpeed JSON config for a TrainConfig (bf16/fp16 only on GPU)."""
+    """The DeepSpeed JSON config for a TrainConfig; ``dtype`` as resolved for the device.
+    DeepSpeed's bf16 only on GPU at ZeRO-1..3, fp16 only on GPU (see the module doc)."""
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 2:
         zero.update({"overlap_comm": on_gpu, "contiguous_gradients": True})
@@ -76,7 +126,7 @@ def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
         "gradient_clipping": cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch AdamW as a client optimiser
-        "bf16": {"enabled": on_gpu and dtype == "bf16"},
+        "bf16": {"enabled": on_gpu and dtype == "bf16" and cfg.zero_stage >= 1},
         "fp16": {"enabled": on_gpu and dtype == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -84,21 +134,26 @@ def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
 
 
 class DeepSpeedEngine:
-    def __init__(self, model, cfg: TrainConfig, total_steps: int, on_gpu: bool):
+    def __init__(self, model, cfg: TrainConfig, total_steps: int, device: torch.device,
+                 precision: Precision):
         import deepspeed
 
         self.cfg = cfg
         self.model = model
+        self.device = device
+        self.precision = precision
+        on_gpu = device.type == "cuda"
         schedule = lr_lambda(cfg, total_steps)
         # the scheduler is built on the optimizer DeepSpeed returns (ZeRO wraps the client one)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=_optimizer(model, cfg),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-            config=deepspeed_config(cfg, model.cfg.dtype, on_gpu),
+            config=deepspeed_config(cfg, precision.dtype, on_gpu),
             dist_init_required=not dist.is_initialized())
 
     def forward(self, input_ids, attention_mask, **options):
-        return self.engine(input_ids=input_ids, attention_mask=attention_mask, **options)
+        with autocast(self.device, self.precision.autocast_dtype):
+            return self.engine(input_ids=input_ids, attention_mask=attention_mask, **options)
 
     def backward(self, loss):
         self.engine.backward(loss)
@@ -143,20 +198,21 @@ class DeepSpeedEngine:
 class DDPEngine:
     """torch DistributedDataParallel with AdamW, warmup schedule, accumulation and clipping."""
 
-    def __init__(self, model, cfg: TrainConfig, total_steps: int, device: torch.device):
+    def __init__(self, model, cfg: TrainConfig, total_steps: int, device: torch.device,
+                 precision: Precision):
         self.cfg = cfg
         self.model = model
+        self.device = device
+        self.precision = precision
         self.ddp = (torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
             if dist.is_initialized() and dist.get_world_size() > 1 else model)
         self.optimizer = _optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
         self.micro = 0
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                         if model.cfg.dtype == "bf16" and device.type == "cuda" else nullcontext())
 
     def forward(self, input_ids, attention_mask, **options):
-        with self.autocast:
+        with autocast(self.device, self.precision.autocast_dtype):
             return self.ddp(input_ids=input_ids, attention_mask=attention_mask, **options)
 
     def replay_context(self, is_last: bool):
@@ -208,12 +264,17 @@ class DDPEngine:
     all_ranks_forward_for_eval = False
 
 
-def make_engine(model, cfg: TrainConfig, total_steps: int, device: torch.device):
-    """`total_steps` counts micro-batches; the schedule counts optimiser updates."""
+def make_engine(model, cfg: TrainConfig, total_steps: int, device: torch.device,
+                bf16_ok: bool | None = None):
+    """`total_steps` counts micro-batches; the schedule counts optimiser updates. The precision
+    is `model.cfg.dtype` as `precision_plan` resolves it for `device` (`bf16_ok`: see there)."""
     total_steps = max(1, -(-total_steps // cfg.grad_accum))
+    precision = precision_plan(model.cfg.dtype, cfg, device, bf16_ok)
+    notify_once(precision.notice)  # the engine is built once per worker
+    fp32_master_weights(model, precision)  # before the optimiser takes the parameters
     if cfg.strategy == "deepspeed":
-        return DeepSpeedEngine(model, cfg, total_steps, on_gpu=device.type == "cuda")
-    return DDPEngine(model, cfg, total_steps, device)
+        return DeepSpeedEngine(model, cfg, total_steps, device, precision)
+    return DDPEngine(model, cfg, total_steps, device, precision)
 
 
 def checkpoint_has_engine_state(folder: str | Path) -> bool:

@@ -1,19 +1,24 @@
 """Mixed precision on CPU: bf16 detection, the fp32 fallback, and MiniLM under bf16 autocast
-(embeddings close to fp32, matmuls really in bf16, training loss tracking fp32)."""
+(embeddings close to fp32, matmuls really in bf16, training loss tracking fp32; ``encode`` in
+the resolved precision, a fallback noted once per process)."""
 
 import copy
+import logging
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from angle_ray.config import ModelConfig
-from angle_ray.models import build_model
+from angle_ray.models import build_model, precision
+from angle_ray.models.embedder import encode
 from angle_ray.models.precision import (
     autocast,
     bf16_supported,
     cpu_bf16_flags,
     cpu_supports_bf16,
+    notify_once,
     resolve_dtype,
 )
 
@@ -144,3 +149,32 @@ def test_bf16_training_loss_tracks_fp32_on_a_fixed_batch(minilm_fp32, stsb_rows)
     # fp32 master weights and optimiser state after bf16 steps
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert adam_state["exp_avg"].dtype == torch.float32
+
+
+def test_notify_once_logs_each_notice_once_per_process(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "_NOTICES_SHOWN", set())
+    with caplog.at_level(logging.WARNING, logger=precision.__name__):
+        assert notify_once("model.dtype=bf16: no bf16; running in fp32")
+        assert not notify_once("model.dtype=bf16: no bf16; running in fp32")
+        assert not notify_once(None)
+    assert caplog.messages == ["model.dtype=bf16: no bf16; running in fp32"]
+
+
+def test_encode_runs_bf16_under_autocast_or_falls_back_to_fp32_with_one_notice(
+        minilm_fp32, sts_sentences, monkeypatch, caplog):
+    ref = encode(minilm_fp32, sts_sentences, dtype="fp32", show_progress=False)
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: True)
+    low = encode(minilm_fp32, sts_sentences, dtype="bf16", show_progress=False)
+    assert low.dtype == np.float32 and not np.array_equal(low, ref)  # really bf16 matmuls
+    cos = (low * ref).sum(-1) / np.linalg.norm(low, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cos.min() > 0.99, cos
+    # a CPU without native bf16: fp32, the same numbers as an fp32 request, one notice
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(precision, "_NOTICES_SHOWN", set())
+    with caplog.at_level(logging.WARNING, logger=precision.__name__):
+        again = [encode(minilm_fp32, sts_sentences, dtype="bf16", show_progress=False)
+                 for _ in range(2)]
+    assert all(np.array_equal(a, ref) for a in again)
+    assert len(caplog.messages) == 1 and "running in fp32" in caplog.messages[0]
+    with pytest.raises(ValueError, match="'int8'"):
+        encode(minilm_fp32, sts_sentences, dtype="int8", show_progress=False)
