@@ -1,16 +1,34 @@
 """Small, real training jobs for the distributed tests (tiny random-init LLM or MiniLM)."""
 
 import json
+import os
+import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch.distributed as dist
 
-from angle_ray.config import config_from_dict
+from angle_ray.config import ModelConfig, config_from_dict
+from angle_ray.data.collate import TokenBatch, pad, ragged
+from angle_ray.data.stream import text_hash
+from angle_ray.models.backbone import build_model
 
 
 def write_rows(path: Path, rows: list[dict]) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+def format_a_batch(rows: list[dict], max_length: int = 48):
+    """Real STS-B rows (label 0-5) as one padded Format A batch, tokenised by MiniLM's tokenizer."""
+    tok = build_model(ModelConfig(max_length=max_length)).tokenizer
+    cols = {"label": np.array([r["label"] / 5 for r in rows], dtype=np.float32)}
+    for role in ("text1", "text2"):
+        texts = [r[role] for r in rows]
+        cols[f"{role}_ids"] = ragged(tok(texts, truncation=True, max_length=max_length)["input_ids"])
+        cols[f"{role}_hash"] = np.array([text_hash(t) for t in texts], dtype=np.int64)
+    return pad(TokenBatch("A", 0, cols), pad_id=tok.pad_token_id, left_pad=False)
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +68,26 @@ def tiny_job(tmp_path, tiny_llm_dir, stsb_slice):
         return config_from_dict(raw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def gloo_world_of_one():
+    """A one-process gloo group with the variables Ray Train sets on a worker (DeepSpeed reads
+    LOCAL_RANK); DeepSpeed on CPU (DS_ACCELERATOR is read when it first picks its accelerator).
+    One group for the whole session: DeepSpeed caches its groups, so a second group made in
+    the same process after the first was destroyed is unknown to it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = value

@@ -4,18 +4,12 @@ real DDP and DeepSpeed ZeRO-0 engines in one process (gloo, world size 1, DeepSp
 its loss tracking fp32 step by step with fp32 master weights and optimiser state."""
 
 import json
-import os
-import socket
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from angle_ray.config import LoraConfig, LossConfig, ModelConfig, TrainConfig
-from angle_ray.data.collate import TokenBatch, pad, ragged
-from angle_ray.data.stream import text_hash
 from angle_ray.losses import build_loss
 from angle_ray.models.backbone import build_model
 from angle_ray.train.engine import (
@@ -29,6 +23,7 @@ from angle_ray.train.engine import (
 )
 from angle_ray.train.step import train_step
 from angle_ray.train.streams import pick_stream
+from tests.train.conftest import format_a_batch
 
 CPU = torch.device("cpu")
 GPU = torch.device("cuda", 0)  # only named: precision_plan decides, nothing runs on it
@@ -117,38 +112,11 @@ def test_lora_base_stays_low_precision_only_when_it_runs_so(tiny_llm_dir):
 
 
 @pytest.fixture(scope="module")
-def gloo_world_of_one():
-    """A one-process gloo group and the variables Ray Train sets on a worker (DeepSpeed reads
-    LOCAL_RANK); DS_ACCELERATOR=cpu is read when DeepSpeed first picks its accelerator."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
 def stsb16(data_dir):
     """The first 16 real STS-B train pairs as one padded Format A batch (max length 48)."""
     with open(data_dir / "stsb" / "train.jsonl") as f:
         rows = [json.loads(line) for _, line in zip(range(16), f)]
-    tok = build_model(ModelConfig(max_length=48)).tokenizer
-    cols = {"label": np.array([r["label"] / 5 for r in rows], dtype=np.float32)}
-    for role in ("text1", "text2"):
-        texts = [r[role] for r in rows]
-        cols[f"{role}_ids"] = ragged(tok(texts, truncation=True, max_length=48)["input_ids"])
-        cols[f"{role}_hash"] = np.array([text_hash(t) for t in texts], dtype=np.int64)
-    return pad(TokenBatch("A", 0, cols), pad_id=tok.pad_token_id, left_pad=False)
+    return format_a_batch(rows)
 
 
 def _five_steps(strategy: str, dtype: str, batch):

@@ -7,13 +7,9 @@ Dropout is off (eval mode) so that one forward over the whole batch and GradCach
 compute the same function; GradCache under dropout is tested in test_grad_cache.py."""
 
 import json
-import os
-import socket
 
-import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from angle_ray.config import (
     EseConfig,
@@ -24,9 +20,7 @@ from angle_ray.config import (
     TeacherConfig,
     TrainConfig,
 )
-from angle_ray.data.collate import TokenBatch, pad, ragged
 from angle_ray.data.roles import to_loss_layout
-from angle_ray.data.stream import text_hash
 from angle_ray.losses import build_loss
 from angle_ray.losses.distill import kl_rows
 from angle_ray.losses.ese import EseLoss
@@ -34,6 +28,7 @@ from angle_ray.models.backbone import build_model
 from angle_ray.models.truncate import pooled_layers
 from angle_ray.train.engine import make_engine
 from angle_ray.train.step import StepExtras, forward_backward, step_extras, train_step
+from tests.train.conftest import format_a_batch
 
 CPU = torch.device("cpu")
 PAIRS = 7  # 14 rows in GradCache mini-batches of 4: 4 + 4 + 4 + 2
@@ -44,13 +39,7 @@ LOSS = LossConfig(cosine_w=1.0, ibn_w=1.0, angle_w=0.02)
 def stsb_batch(data_dir):
     with open(data_dir / "stsb" / "train.jsonl") as f:
         rows = [json.loads(line) for _, line in zip(range(60), f)][::8][:PAIRS]
-    tok = build_model(ModelConfig(max_length=48)).tokenizer
-    cols = {"label": np.array([r["label"] / 5 for r in rows], dtype=np.float32)}
-    for role in ("text1", "text2"):
-        texts = [r[role] for r in rows]
-        cols[f"{role}_ids"] = ragged(tok(texts, truncation=True, max_length=48)["input_ids"])
-        cols[f"{role}_hash"] = np.array([text_hash(t) for t in texts], dtype=np.int64)
-    return pad(TokenBatch("A", 0, cols), pad_id=tok.pad_token_id, left_pad=False)
+    return format_a_batch(rows)
 
 
 def fresh_model():
@@ -152,27 +141,6 @@ def test_step_extras_take_the_grad_cache_size_from_the_job(minilm_small):
     job = JobConfig(train=TrainConfig(grad_cache=GradCacheConfig(enabled=True, mini_batch_size=8)))
     assert step_extras(job, minilm_small) == StepExtras(grad_cache_mini_batch=8)
     assert step_extras(JobConfig(), minilm_small) == StepExtras()
-
-
-@pytest.fixture(scope="module")
-def gloo_world_of_one():
-    """A one-process gloo group with the variables Ray Train sets on a worker (DeepSpeed reads
-    LOCAL_RANK); DeepSpeed on CPU (DS_ACCELERATOR, read when it first picks its accelerator)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = value
 
 
 def deepspeed_grads(model, engine) -> dict[str, torch.Tensor]:
