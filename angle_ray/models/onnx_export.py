@@ -27,6 +27,7 @@ example's shapes into transformers' attention-mask code (wrong vectors at other 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer
 
+from angle_ray.errors import UserError
 from angle_ray.models.backbone import EmbeddingModel
 from angle_ray.models.embedder import apply_prompt, length_sorted_batches
 from angle_ray.models.export import ST_POOLING_FLAGS, export_hf, export_sentence_transformers
@@ -92,13 +94,15 @@ def _example_batch(model: EmbeddingModel) -> tuple[Tensor, Tensor]:
     return batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
 
 
+class OnnxUnavailable(UserError):
+    """The optional ``onnx`` extra is not installed (the CLI prints it as `error: ...`)."""
+
+
 def _require_onnx() -> None:
     """onnx, onnxscript and onnxruntime are the optional ``onnx`` extra: say so when missing."""
-    import importlib.util
-
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ModuleNotFoundError(
+        raise OnnxUnavailable(
             f"ONNX export needs {', '.join(missing)}: pip install 'angle-ray[onnx]'")
 
 
