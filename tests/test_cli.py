@@ -70,6 +70,13 @@ def test_a_missing_config_file_is_named(tmp_path):
     assert_user_error(run_cli("train", "--config", str(missing)), f"config file not found: {missing}")
 
 
+def test_train_on_a_missing_data_file_names_it(tmp_path):
+    missing = tmp_path / "nowhere.jsonl"
+    proc = run_cli("train", "--config", "jobs/configs/quickstart.yaml", f"data.0.path={missing}",
+                   f"train.storage_path={tmp_path}")
+    assert_user_error(proc, f"data path not found: {missing}")
+
+
 def test_eval_of_a_missing_model_folder_names_the_path():
     proc = run_cli("eval", "--model", "/no/such/dir", "--tasks", "stsb")
     assert_user_error(proc, "/no/such/dir: no such model folder")
