@@ -68,7 +68,8 @@ def warm_start(run_dir: Path) -> dict | None:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(Path(folder) / MODEL, target)
-    start = {"model": str(target), "step": int(state["step"]), "from_trial": state.get("trial_id")}
+    start = {"model": str(target), "step": int(state["step"]), "from_trial": state.get("trial_id"),
+             "metrics": state.get("metrics", {})}
     (run_dir / "warm_start.json").write_text(json.dumps(start))
     return start
 
@@ -94,7 +95,8 @@ def report_with_checkpoints(reports, training: threading.Thread, errors: list, t
         with tempfile.TemporaryDirectory(prefix="angle-pbt-") as folder:
             shutil.copytree(Path(path) / MODEL, Path(folder) / MODEL)
             (Path(folder) / STATE).write_text(json.dumps({"step": item["metrics"]["step"],
-                                                          "trial_id": trial_id}))
+                                                          "trial_id": trial_id,
+                                                          "metrics": item["metrics"]}))
             tune.report(item["metrics"], checkpoint=tune.Checkpoint.from_directory(folder))
     training.join()
     if errors:
@@ -114,7 +116,12 @@ def run_pbt_trial(sweep: Sweep, values: dict, trial_id: str) -> None:
     if tune.get_checkpoint() is not None:
         train["name"] = next_run_name(trials_dir, trial_id)
         start = warm_start(trials_dir / train["name"])
-        train["max_steps"] = max(1, cfg.train.max_steps - start["step"])
+        if start["step"] >= cfg.train.max_steps:
+            # Tune restarted a trial from its final checkpoint (paused after its last report):
+            # nothing is left to train; training one more step would count past the budget
+            tune.report(start["metrics"])
+            return
+        train["max_steps"] = cfg.train.max_steps - start["step"]
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"name_or_path": start["model"]})})
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
