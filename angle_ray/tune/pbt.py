@@ -29,11 +29,12 @@ from ray import tune
 from ray.train import UserCallback
 from ray.util.queue import Queue
 
+from angle_ray.train.checkpoint import MODEL_DIR
 from angle_ray.train.driver import run_training
 from angle_ray.tune.layout import Sweep, first_eval_step
 
 STATE = "pbt_state.json"
-MODEL = "model"
+MODEL = MODEL_DIR  # the Tune checkpoint keeps the Train checkpoint's model folder name
 
 
 class QueueReportCallback(UserCallback):
