@@ -19,11 +19,19 @@ Why each step:
   * fill (``filled_random``): when fewer than k survive, uniformly random documents that are
     neither positives, already chosen, nor dropped by the filter (the filter-dropped are allowed
     only when nothing else is left) so that every query gets exactly k negatives.
+
+How hard the chosen negatives are (``SelectStats.as_dict``, recorded in every manifest):
+``mean_rank`` = mean 1-based rank of the negatives taken from the candidates (random fills have
+no rank and are left out), ``mean_margin`` = mean of (the query's weakest positive's score
+``pos_scores`` - the negative's score) over those negatives of queries whose positive was scored
+(in the retriever's units: BM25 scores or cosine), ``random_fill_fraction`` = filled_random /
+negatives. ``None`` when nothing was taken from the candidates.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -38,9 +46,26 @@ class SelectStats:
     dropped_positive: int = 0
     dropped_fn: int = 0
     filled_random: int = 0
+    # sums behind the difficulty means (as_dict reports the means, not these)
+    _rank_sum: int = 0
+    _ranked: int = 0
+    _margin_sum: float = 0.0
+    _margined: int = 0
+
+    def add_chosen(self, ranks: list[int], scores: list[float], pos_score: float) -> None:
+        """Count negatives taken from the candidates: their 1-based ranks and scores."""
+        self._rank_sum += sum(ranks)
+        self._ranked += len(ranks)
+        if not math.isnan(pos_score):
+            self._margin_sum += sum(pos_score - s for s in scores)
+            self._margined += len(scores)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        out["mean_rank"] = self._rank_sum / self._ranked if self._ranked else None
+        out["mean_margin"] = self._margin_sum / self._margined if self._margined else None
+        out["random_fill_fraction"] = self.filled_random / self.negatives if self.negatives else None
+        return out
 
 
 def fn_threshold(pos_scores: np.ndarray, margin: float) -> np.ndarray:
@@ -76,6 +101,7 @@ def select_negatives(cands: Candidates, positives: list[list[int]], cfg: MiningC
             raise ValueError(f"query {qi}: only {n_docs - len(pos)} non-positive documents for k={k}")
         row, row_suspect = idx[qi], suspect[qi]
         survivors: list[int] = []
+        window_pos: dict[int, int] = {}  # survivor -> its index in the window row
         dropped: set[int] = set()
         for j, doc in enumerate(row.tolist()):
             if doc < 0:
@@ -87,6 +113,7 @@ def select_negatives(cands: Candidates, positives: list[list[int]], cfg: MiningC
                 dropped.add(doc)
             else:
                 survivors.append(doc)
+                window_pos[doc] = j
         rng = np.random.default_rng([seed, qi])
         if len(survivors) <= k:
             chosen = survivors
@@ -94,6 +121,9 @@ def select_negatives(cands: Candidates, positives: list[list[int]], cfg: MiningC
             chosen = survivors[:k]
         else:
             chosen = [survivors[i] for i in rng.choice(len(survivors), size=k, replace=False)]
+        at = [window_pos[doc] for doc in chosen]
+        stats.add_chosen([lo + j for j in at], [float(scores[qi, j]) for j in at],
+                         float(cands.pos_scores[qi]))
         if len(chosen) < k:
             extra = _random_fill(rng, n_docs, k - len(chosen), pos | set(chosen), dropped)
             stats.filled_random += len(extra)

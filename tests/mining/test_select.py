@@ -131,3 +131,59 @@ def test_scifact_minilm_negatives_never_positives_and_in_window(scifact_slice, s
     cands = dense_candidates(q, d, scifact_slice.positives, scifact_cfg, top=scifact_cfg.window[1])
     stats = _check_real(cands, scifact_slice.positives, scifact_cfg, len(scifact_slice.doc_ids))
     assert stats.dropped_positive > 0
+
+
+def test_difficulty_means_by_hand():
+    # window ranks 2..5 = docs 11 (0.8), 12 (positive), 13 (0.6), 14 (0.5); top-2 picks 11 and 13
+    c = one_query([10, 11, 12, 13, 14, 15], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], pos_score=1.0)
+    neg, stats = select_negatives(c, [[12]], cfg(window=(2, 5), k=2), n_docs=100, seed=0)
+    assert neg == [[11, 13]]
+    d = stats.as_dict()
+    assert d["mean_rank"] == pytest.approx((2 + 4) / 2)
+    assert d["mean_margin"] == pytest.approx(((1.0 - 0.8) + (1.0 - 0.6)) / 2)
+    assert d["random_fill_fraction"] == 0.0
+    assert not any(key.startswith("_") for key in d)
+
+
+def test_difficulty_leaves_out_fills_and_unscored_positives():
+    # query 0: one survivor (rank 2, score 0.5, positive 0.7) + 1 random fill; query 1: positive
+    # not scored (NaN) -> its picks (ranks 1 and 3) count for the rank, not for the margin
+    c = Candidates(scores=np.array([[0.9, 0.5, 0.4], [0.8, 0.7, 0.6]], dtype=np.float32),
+                   idx=np.array([[1, 2, 3], [4, 5, 6]]), pos_scores=np.array([0.7, np.nan]))
+    neg, stats = select_negatives(c, [[1, 3], [5]], cfg(k=2), n_docs=50, seed=0)
+    assert neg[0][0] == 2 and neg[1] == [4, 6]
+    d = stats.as_dict()
+    assert d["mean_rank"] == pytest.approx((2 + 1 + 3) / 3)
+    assert d["mean_margin"] == pytest.approx(0.7 - 0.5, abs=1e-6)
+    assert d["random_fill_fraction"] == pytest.approx(1 / 4)
+
+
+def test_difficulty_is_none_when_every_negative_is_a_fill():
+    c = one_query([1, 2], [0.9, 0.8])
+    _, stats = select_negatives(c, [[1, 2]], cfg(k=2), n_docs=30, seed=0)
+    d = stats.as_dict()
+    assert d["mean_rank"] is None and d["mean_margin"] is None and d["random_fill_fraction"] == 1.0
+
+
+def test_difficulty_on_real_bm25_candidates_matches_a_recount(mini_scifact):
+    from angle_ray.mining.bm25 import bm25_candidates
+    from angle_ray.mining.task import load_mining_task
+
+    conf = MiningConfig(beir=str(mini_scifact), window=(3, 30), k=2, fn_rel_margin=0.95)
+    task = load_mining_task(conf)
+    cands = bm25_candidates(task, top=30, show_progress=False)
+    neg, stats = select_negatives(cands, task.positives, conf, n_docs=len(task.doc_ids), seed=0)
+    ranks, margins = [], []
+    for qi, picked in enumerate(neg):
+        row = cands.idx[qi].tolist()
+        for doc in picked:
+            if doc in row[2:30]:  # taken from the window (else a random fill)
+                j = row.index(doc)
+                ranks.append(j + 1)
+                if not np.isnan(cands.pos_scores[qi]):
+                    margins.append(float(cands.pos_scores[qi]) - float(cands.scores[qi, j]))
+    d = stats.as_dict()
+    assert d["mean_rank"] == pytest.approx(np.mean(ranks)) and 3 <= d["mean_rank"] <= 30
+    assert d["mean_margin"] == pytest.approx(np.mean(margins), rel=1e-5)
+    assert d["mean_margin"] > 0  # the 0.95 filter keeps only negatives below their positive
+    assert d["random_fill_fraction"] == pytest.approx(1 - len(ranks) / stats.negatives)

@@ -106,3 +106,22 @@ def test_output_format_from_the_suffix():
     assert output_format("negatives.JSONL", "parquet") == "jsonl"
     assert output_format("negatives.out", "parquet") == "parquet"
 
+
+
+def test_manifest_records_the_negatives_difficulty(tmp_path, mini_scifact):
+    from angle_ray.mining.bm25 import bm25_candidates
+    from angle_ray.mining.publish import publish_version, read_version
+    from angle_ray.mining.select import select_negatives
+    from angle_ray.mining.task import load_mining_task
+
+    cfg = MiningConfig(beir=str(mini_scifact), window=(3, 30), k=2)
+    task = load_mining_task(cfg)
+    _, manifest = mine_static(cfg, show_progress=False, task=task)
+    cands = bm25_candidates(task, top=30)
+    _, stats = select_negatives(cands, task.positives, cfg, n_docs=len(task.doc_ids), seed=cfg.seed)
+    expected = stats.as_dict()
+    for key in ("mean_rank", "mean_margin", "random_fill_fraction"):
+        assert manifest["stats"][key] == expected[key]
+    assert 3 <= manifest["stats"]["mean_rank"] <= 30
+    folder = publish_version(tmp_path / "negatives", 0, [{"q": 1}], manifest)
+    assert read_version(folder)[1]["stats"] == manifest["stats"]  # survives the JSON round trip
