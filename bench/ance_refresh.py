@@ -2,7 +2,7 @@
 training steps. Prints the figures side by side with the ratios.
 
     python bench/ance_refresh.py                          # encode + index, ~5 min on 2 cores
-    python bench/ance_refresh.py --runs runs/bench_scifact_ance   # + step times of two runs
+    python bench/ance_refresh.py --runs runs/bench_scifact_ance/seed0   # + step times of two runs
 
 1. encode: the SciFact corpus (first --docs documents) embedded by one plain process
    (`angle_ray.models.embedder.encode`, all cores) and by the Ray Data encoder pool with 1 and
@@ -10,7 +10,7 @@ training steps. Prints the figures side by side with the ratios.
    Pool times include starting the actors and loading the model in each.
 2. index: FAISS flat, IVF and HNSW over those embeddings: build seconds, search seconds for the
    SciFact training queries (top 100), and recall of the exact top-10 (flat = 1.0).
-3. steps (--runs DIR): DIR/bm25 (static negatives, no refresh) and DIR/ance (refresh running
+3. steps (--runs DIR): DIR/bm25 (static negatives, no refresh) and DIR/ance-bm25 (refresh running
    beside training), as written by bench/scifact_ance.py: mean seconds per train step over
    the logged windows, the ratio ance / bm25, and the time the loop spent waiting on negatives
    (`neg/wait_s`, 0 unless mining.max_staleness is set and exceeded).
@@ -96,11 +96,11 @@ def bench_steps(runs: Path) -> None:
     print("| run | steps | s/step | waited on negatives s |")
     print("|---|---|---|---|")
     out = {}
-    for name in ("bm25", "ance"):
+    for name in ("bm25", "ance-bm25"):
         per_step, wait, steps = mean_step_s(runs / name)
         out[name] = per_step
         print(f"| {name} | {steps} | {per_step:.2f} | {wait:.1f} |")
-    print(f"\nstep time with refresh / without: {out['ance'] / out['bm25']:.2f}x")
+    print(f"\nstep time with refresh / without: {out['ance-bm25'] / out['bm25']:.2f}x")
 
 
 def main() -> None:
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--runs", default=None, help="folder with bm25/ and ance/ runs to compare")
+    p.add_argument("--runs", default=None, help="folder with bm25/ and ance-bm25/ runs to compare")
     p.add_argument("--skip-encode", action="store_true")
     args = p.parse_args()
 

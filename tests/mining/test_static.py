@@ -125,3 +125,21 @@ def test_manifest_records_the_negatives_difficulty(tmp_path, mini_scifact):
     assert 3 <= manifest["stats"]["mean_rank"] <= 30
     folder = publish_version(tmp_path / "negatives", 0, [{"q": 1}], manifest)
     assert read_version(folder)[1]["stats"] == manifest["stats"]  # survives the JSON round trip
+
+
+def test_warm_start_from_the_model_name_publishes_v0_mined_by_that_model(tmp_path, mini_scifact):
+    """mining.warm_start=<model.name_or_path> (bench/scifact_ance.py's static-model arm)."""
+    from angle_ray.config import config_from_dict
+    from angle_ray.mining.publish import list_versions, read_version
+    from angle_ray.mining.task import load_mining_task
+    from angle_ray.mining.training_setup import warm_start
+
+    job = config_from_dict({"mining": {"beir": str(mini_scifact), "k": 2, "window": [3, 30],
+                                       "max_length": 24, "warm_start": "all-MiniLM-L6-v2"}})
+    warm_start(job, load_mining_task(job.mining), tmp_path / "negatives")
+    (step, folder), = list_versions(tmp_path / "negatives")
+    rows, manifest = read_version(folder)
+    assert step == 0 and manifest["source"] == "all-MiniLM-L6-v2" and manifest["kind"] == "static"
+    assert len({r["query_id"] for r in rows}) == 48  # 60 judged queries minus the 20% holdout
+    assert 3 <= manifest["stats"]["mean_rank"] <= 30
+    assert -2.0 < manifest["stats"]["mean_margin"] < 2.0  # cosine units, not BM25's
