@@ -239,11 +239,18 @@ class PoolConfig(_Strict):
     cpus_per_actor: float = Field(0.5, gt=0)  # fractional on small nodes: training holds the rest
     gpus_per_actor: float = Field(0.0, ge=0)  # e.g. 1 (or 0.5 to share) on GPU clusters
     batch_size: int = Field(64, ge=1)  # texts per encode call
+    # fp32: the model's own model.dtype; bf16: autocast (fp32 where the device lacks bf16);
+    # int8: dynamic quantisation of the Linear layers (torch.ao), CPU actors only
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    sort_by_length: bool = True  # longest rows first, so each batch pads only to its own longest
 
     @model_validator(mode="after")
     def _bounds(self) -> PoolConfig:
         if self.min_actors > self.max_actors:
             raise ValueError(f"pool.min_actors={self.min_actors} > pool.max_actors={self.max_actors}")
+        if self.precision == "int8" and self.gpus_per_actor > 0:
+            raise ValueError("pool.precision=int8 (dynamic quantisation) runs on CPU only, but "
+                             f"pool.gpus_per_actor={self.gpus_per_actor:g}; use bf16 on GPUs")
         return self
 
 
@@ -280,6 +287,10 @@ class MiningConfig(_Strict):
     keep_versions: int = Field(3, ge=2)  # published versions kept on disk
     output_format: Literal["jsonl", "parquet"] = "jsonl"
     pool: PoolConfig = PoolConfig()
+    token_cache: bool = True  # tokenise corpus + queries once per job (<negatives>/.tokens/)
+    # re-encode this fraction of the corpus per refresh (+ positives and current candidates);
+    # None = all. The search then runs among the re-encoded documents only (refresher.py)
+    refresh_sample: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> MiningConfig:

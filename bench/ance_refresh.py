@@ -1,16 +1,29 @@
-"""What an ANCE refresh costs: encoder pool throughput, FAISS build/search, and its effect on
-training steps. Prints the figures side by side with the ratios.
+"""What an ANCE refresh costs and what makes it cheaper: the encode arms side by side (seconds,
+texts/s, ratio and the mined lists' overlap with today's), FAISS build/search, and the refresh's
+effect on training steps.
 
-    python bench/ance_refresh.py                          # encode + index, ~5 min on 2 cores
-    python bench/ance_refresh.py --runs runs/bench_scifact_ance/seed0   # + step times of two runs
+    python bench/ance_refresh.py                          # SciFact, 192 tokens (the lead runs it)
+    python bench/ance_refresh.py --sample 0.3             # + a partial refresh arm
+    python bench/ance_refresh.py --docs 200 --queries 40  # a smoke run (about a minute or two)
+    python bench/ance_refresh.py --runs runs/bench_scifact_ance   # + step times of two runs
 
-1. encode: the SciFact corpus (first --docs documents) embedded by one plain process
-   (`angle_ray.models.embedder.encode`, all cores) and by the Ray Data encoder pool with 1 and
-   2 actors (`encode_with_pool`, --cpus-per-actor each); texts/s and ratios pool / plain.
-   Pool times include starting the actors and loading the model in each.
-2. index: FAISS flat, IVF and HNSW over those embeddings: build seconds, search seconds for the
-   SciFact training queries (top 100), and recall of the exact top-10 (flat = 1.0).
-3. steps (--runs DIR): DIR/bm25 (static negatives, no refresh) and DIR/ance-bm25 (refresh running
+1. encode: the SciFact corpus + training queries (with --docs/--queries: the first --docs
+   documents plus the kept queries' positives) encoded through the refresher's own path
+   (`angle_ray.mining.refresher.mine_candidates`: encoder actor pool -> FAISS), from an
+   angle-ray model folder as a checkpoint holds it, at --max-length tokens, in these arms:
+     today          texts in (tokenised in the actors), unsorted, fp32
+     token cache    token ids from the job's token cache, unsorted, fp32
+     + length sort  longest rows first, so each batch pads to its own longest row
+     + bf16         pool.precision=bf16 (autocast; fp32 where the CPU has no native bf16)
+     + int8         pool.precision=int8 (dynamic quantisation of most Linear layers)
+     + sample F     (--sample F) length sort, fp32, mining.refresh_sample=F: F of the corpus
+                    plus the positives re-encoded, searched among those only
+   Each arm starts its own pool (actor start + model load count, as in a refresh). Columns:
+   seconds, texts/s, today / arm, and the mean overlap of each training query's top-30
+   candidate list with today's. The token cache's one-time build (per job) is printed apart.
+2. index: FAISS flat, IVF and HNSW over today's embeddings: build seconds, search seconds for
+   the training queries (top 100), and recall of the exact top-10 (flat = 1.0).
+3. steps (--runs DIR): DIR/bm25 (static negatives, no refresh) and DIR/ance (refresh running
    beside training), as written by bench/scifact_ance.py: mean seconds per train step over
    the logged windows, the ratio ance / bm25, and the time the loop spent waiting on negatives
    (`neg/wait_s`, 0 unless mining.max_staleness is set and exceeded).
@@ -20,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,33 +41,74 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+TOP = 30  # candidates per query compared between arms
 
-def bench_encode(texts: list[str], max_length: int, cpus_per_actor: float, batch: int) -> np.ndarray:
-    from angle_ray.config import ModelConfig, PoolConfig
-    from angle_ray.mining.encoder_pool import encode_with_pool
-    from angle_ray.models.embedder import encode
-    from angle_ray.models.loader import load_model
 
-    cfg = ModelConfig()
-    t0 = time.perf_counter()
-    model = load_model(cfg.name_or_path, max_length=max_length, base=cfg)
-    plain = encode(model, texts, batch_size=batch, normalize=True, show_progress=False)
-    plain_s = time.perf_counter() - t0
-    rows = [("plain process", plain_s)]
-    for actors in (1, 2):
-        pool = PoolConfig(min_actors=actors, max_actors=actors, cpus_per_actor=cpus_per_actor,
-                          batch_size=batch)
-        run = encode_with_pool(cfg.name_or_path, texts, cfg, pool, max_length=max_length)
-        assert np.allclose(run.embeddings, plain, atol=1e-4), "pool and plain embeddings differ"
-        rows.append((f"pool, {actors} actor(s)", run.seconds))
-    print(f"\n## encode: {len(texts)} SciFact docs, max_length {max_length}, "
-          f"{cpus_per_actor} CPU per actor\n")
-    print("| encoder | seconds | texts/s | vs plain |")
-    print("|---|---|---|---|")
-    for name, sec in rows:
-        print(f"| {name} | {sec:.1f} | {len(texts) / sec:.1f} | {plain_s / sec:.2f}x |")
-    print(f"\npool 2 actors / 1 actor: {rows[1][1] / rows[2][1]:.2f}x")
-    return plain
+def subset_task(task, docs: int | None, queries: int | None):
+    """The first ``queries`` queries over the first ``docs`` documents + their positives."""
+    from angle_ray.mining.task import MiningTask
+
+    if docs is None and queries is None:
+        return task
+    q = slice(0, queries)
+    positives = task.positives[q]
+    keep = sorted(set(range(min(docs or len(task.doc_ids), len(task.doc_ids))))
+                  | {d for p in positives for d in p})
+    new = {old: i for i, old in enumerate(keep)}
+    return MiningTask(doc_ids=[task.doc_ids[d] for d in keep], doc_texts=[task.doc_texts[d] for d in keep],
+                      query_ids=task.query_ids[q], query_texts=task.query_texts[q],
+                      positives=[[new[d] for d in p] for p in positives])
+
+
+def arms(sample: float | None) -> list[tuple[str, dict]]:
+    """(name, settings): token ids or texts, pool.sort_by_length, pool.precision, refresh_sample."""
+    out = [("today (text, unsorted, fp32)", {"tokens": False, "sort": False, "precision": "fp32"}),
+           ("token cache", {"tokens": True, "sort": False, "precision": "fp32"}),
+           ("+ length sort", {"tokens": True, "sort": True, "precision": "fp32"}),
+           ("+ bf16", {"tokens": True, "sort": True, "precision": "bf16"}),
+           ("+ int8", {"tokens": True, "sort": True, "precision": "int8"})]
+    if sample is not None:
+        out.append((f"+ length sort + sample {sample:g} (fp32)",
+                    {"tokens": True, "sort": True, "precision": "fp32", "sample": sample}))
+    return out
+
+
+def overlap(idx: np.ndarray, ref: np.ndarray) -> float:
+    """Mean share of each query's reference top list found in its top list (-1s ignored)."""
+    shares = [len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, (b >= 0).sum()) for a, b in zip(idx, ref)]
+    return float(np.mean(shares))
+
+
+def bench_encode(job, task, model_dir: str, sample: float | None) -> tuple[np.ndarray, np.ndarray]:
+    from angle_ray.mining.refresher import mine_candidates
+    from angle_ray.mining.token_cache import mining_tokens
+
+    with tempfile.TemporaryDirectory() as neg_dir:
+        built = mining_tokens(job, task, Path(neg_dir))
+        reused = mining_tokens(job, task, Path(neg_dir))
+    texts = len(task.doc_texts) + len(task.query_texts)
+    m = job.mining
+    rows, ref, today = [], None, None
+    for name, arm in arms(sample):
+        pool = m.pool.model_copy(update={"sort_by_length": arm["sort"], "precision": arm["precision"]})
+        arm_job = job.model_copy(update={"mining": m.model_copy(update={
+            "pool": pool, "refresh_sample": arm.get("sample")})})
+        cands, run, encoded = mine_candidates(arm_job, task, model_dir, step=0,
+                                              tokens=reused if arm["tokens"] else None, top=TOP)
+        n = encoded + len(task.query_texts)
+        if ref is None:
+            ref, today = cands.idx, (run.seconds, run.embeddings[:encoded], run.embeddings[encoded:])
+        rows.append((name, run.seconds, n / run.seconds, today[0] / run.seconds, overlap(cands.idx, ref), n))
+    print(f"\n## encode: {len(task.doc_texts)} SciFact docs + {len(task.query_texts)} training queries, "
+          f"max_length {m.max_length}, {m.pool.max_actors} actor(s) x {m.pool.cpus_per_actor:g} CPU, "
+          f"batch {m.pool.batch_size}\n")
+    print(f"token cache (once per job): tokenised {texts} texts in {built.seconds:.2f} s, "
+          f"read back in {reused.seconds:.2f} s\n")
+    print(f"| arm | texts encoded | seconds | texts/s | today / arm | top-{TOP} overlap vs today |")
+    print("|---|---|---|---|---|---|")
+    for name, sec, rate, ratio, ov, n in rows:
+        print(f"| {name} | {n} | {sec:.1f} | {rate:.1f} | {ratio:.2f}x | {ov:.3f} |")
+    return today[1], today[2]
 
 
 def bench_index(doc_emb: np.ndarray, query_emb: np.ndarray) -> None:
@@ -61,7 +116,8 @@ def bench_index(doc_emb: np.ndarray, query_emb: np.ndarray) -> None:
     from angle_ray.mining.index import build_index
 
     exact = None
-    print(f"\n## index: {len(doc_emb)} docs, {len(query_emb)} queries, top 100\n")
+    top = min(100, len(doc_emb))
+    print(f"\n## index: {len(doc_emb)} docs, {len(query_emb)} queries, top {top}\n")
     print("| index | build s | search s | recall of exact top-10 |")
     print("|---|---|---|---|")
     for kind in ("flat", "ivf", "hnsw"):
@@ -69,7 +125,7 @@ def bench_index(doc_emb: np.ndarray, query_emb: np.ndarray) -> None:
         t0 = time.perf_counter()
         index = build_index(doc_emb, cfg)
         t1 = time.perf_counter()
-        _, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), 100)
+        _, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), top)
         t2 = time.perf_counter()
         if exact is None:
             exact = idx[:, :10]
@@ -96,42 +152,48 @@ def bench_steps(runs: Path) -> None:
     print("| run | steps | s/step | waited on negatives s |")
     print("|---|---|---|---|")
     out = {}
-    for name in ("bm25", "ance-bm25"):
+    for name in ("bm25", "ance"):
         per_step, wait, steps = mean_step_s(runs / name)
         out[name] = per_step
         print(f"| {name} | {steps} | {per_step:.2f} | {wait:.1f} |")
-    print(f"\nstep time with refresh / without: {out['ance-bm25'] / out['bm25']:.2f}x")
+    print(f"\nstep time with refresh / without: {out['ance'] / out['bm25']:.2f}x")
+
+
+def run_encode_and_index(args) -> None:
+    import ray.data
+
+    from angle_ray.config import config_from_dict
+    from angle_ray.mining.task import load_mining_task
+    from angle_ray.models.backbone import build_model
+    from angle_ray.train.driver import init_ray
+
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    job = config_from_dict({"model": {"max_length": args.max_length}, "mining": {
+        "beir": "{data_dir}/scifact", "max_length": args.max_length,
+        "pool": {"min_actors": args.actors, "max_actors": args.actors,
+                 "cpus_per_actor": args.cpus_per_actor, "batch_size": args.batch}}})
+    task = subset_task(load_mining_task(job.mining), args.docs, args.queries)
+    with tempfile.TemporaryDirectory() as checkpoint:  # an angle-ray folder, as a checkpoint holds it
+        build_model(job.model).save(checkpoint)
+        doc_emb, query_emb = bench_encode(job, task, checkpoint, args.sample)
+    bench_index(doc_emb, query_emb)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--docs", type=int, default=2000)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--docs", type=int, default=None, help="first N documents (+ the positives)")
+    p.add_argument("--queries", type=int, default=None, help="first N training queries")
+    p.add_argument("--max-length", type=int, default=192)
+    p.add_argument("--actors", type=int, default=2)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--runs", default=None, help="folder with bm25/ and ance-bm25/ runs to compare")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--sample", type=float, default=None, help="add a mining.refresh_sample arm")
+    p.add_argument("--runs", default=None, help="folder with bm25/ and ance/ runs to compare")
     p.add_argument("--skip-encode", action="store_true")
     args = p.parse_args()
-
-    from angle_ray.config import MiningConfig
-    from angle_ray.mining.task import load_mining_task
-    from angle_ray.train.driver import init_ray
-
     if not args.skip_encode:
-        init_ray()
-        import ray.data
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        task = load_mining_task(MiningConfig(beir="{data_dir}/scifact"))
-        texts = task.doc_texts[: args.docs]
-        doc_emb = bench_encode(texts, args.max_length, args.cpus_per_actor, args.batch)
-        from angle_ray.config import ModelConfig
-        from angle_ray.models.embedder import encode
-        from angle_ray.models.loader import load_model
-
-        model = load_model(ModelConfig().name_or_path, max_length=args.max_length, base=ModelConfig())
-        query_emb = encode(model, task.query_texts, normalize=True, show_progress=False)
-        bench_index(doc_emb, query_emb)
+        run_encode_and_index(args)
     if args.runs:
         bench_steps(Path(args.runs))
 

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -13,8 +14,8 @@ import pytest
 
 from angle_ray.config import ModelConfig, PoolConfig, config_from_dict
 from angle_ray.mining.encoder_pool import encode_with_pool
-from angle_ray.mining.publish import list_versions
-from angle_ray.mining.refresher import Refresher, due
+from angle_ray.mining.publish import list_versions, publish_version, read_version
+from angle_ray.mining.refresher import Refresher, due, refresh_doc_subset, weights_hash
 from angle_ray.mining.task import load_mining_task
 from angle_ray.mining.training_setup import warm_start
 from angle_ray.models.embedder import encode
@@ -121,3 +122,95 @@ def test_the_pool_runs_with_what_fits_below_its_maximum(ray_local, data_dir):
     model = load_model("all-MiniLM-L6-v2", max_length=48, base=ModelConfig())
     expected = encode(model, texts, normalize=True, show_progress=False)
     np.testing.assert_allclose(run.embeddings, expected, atol=1e-5)
+
+
+def _perturbed_copy(src: Path, dst: Path) -> None:
+    """A checkpoint folder like ``src`` whose weights differ in one value."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "model" / "model.safetensors")
+    name = min(weights)
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] += 1e-3
+    save_file(weights, dst / "model" / "model.safetensors")
+
+
+def test_weights_hash_follows_the_weight_bytes_only(tmp_path, minilm_small):
+    minilm_small.save(tmp_path / "a" / "model")
+    _perturbed_copy(tmp_path / "a", tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    (tmp_path / "c" / "model" / "angle_ray.json").write_text("{}")  # not a weight file
+    a, b, c = (weights_hash(tmp_path / x / "model") for x in "abc")
+    assert a == c and a != b and len(a) == 64
+    assert weights_hash(tmp_path) is not None and weights_hash(tmp_path / "a" / "model" / "1_Pooling") is None
+
+
+def test_an_unchanged_model_is_skipped_without_encoding(tmp_path, mini_scifact, minilm_small):
+    refresher, neg_dir = _refresher(tmp_path, mini_scifact)
+    checkpoint = tmp_path / "checkpoint_8"
+    minilm_small.save(checkpoint / "model")
+    # v4 as a refresh from these very weights would have published it
+    rows, manifest = read_version(neg_dir / "v0")
+    publish_version(neg_dir, 4, rows, {**manifest, "model_sha256": weights_hash(checkpoint / "model")})
+    refresher.refresh(8, checkpoint)
+    assert [s for s, _ in list_versions(neg_dir)] == [0, 4]
+    assert refresher.status() == {"published": [], "skipped": [8], "failures": [], "last_step": 8}
+    assert refresher.tokens is None  # nothing was tokenised or encoded
+    assert not any((neg_dir / ".work").iterdir())
+
+
+def test_a_partial_refresh_samples_reproducibly_and_keeps_what_matters():
+    keep = {3, 997, 998}
+    a = refresh_doc_subset(1000, 0.1, seed=7, keep=keep)
+    assert np.array_equal(a, refresh_doc_subset(1000, 0.1, seed=7, keep=keep))
+    assert not np.array_equal(a, refresh_doc_subset(1000, 0.1, seed=8, keep=keep))
+    assert keep <= set(a.tolist()) and 100 <= len(a) <= 103 and np.all(np.diff(a) > 0)
+    assert len(refresh_doc_subset(10, 1.0, seed=0, keep=())) == 10
+
+
+@pytest.mark.slow  # a Ray Data encoder actor pool, twice
+def test_a_second_refresh_from_the_same_weights_publishes_nothing(ray_local, tmp_path, mini_scifact,
+                                                                  minilm_small):
+    refresher, neg_dir = _refresher(tmp_path, mini_scifact)
+    first = tmp_path / "checkpoint_4"
+    minilm_small.save(first / "model")
+    refresher.refresh(4, first)
+    tokens = refresher.tokens
+    assert tokens is not None and tokens.built
+    stat = tokens.path.stat()
+    _perturbed_copy(first, tmp_path / "checkpoint_8")
+    refresher.refresh(8, tmp_path / "checkpoint_8")  # new weights: a new version, same tokens
+    shutil.copytree(tmp_path / "checkpoint_8", tmp_path / "checkpoint_12")
+    refresher.refresh(12, tmp_path / "checkpoint_12")  # the same bytes at a later step
+    assert refresher.status() == {"published": [4, 8], "skipped": [12], "failures": [], "last_step": 12}
+    assert [s for s, _ in list_versions(neg_dir)] == [0, 4, 8]
+    assert refresher.tokens is tokens
+    assert (tokens.path.stat().st_ino, tokens.path.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    manifest = read_version(neg_dir / "v8")[1]
+    assert manifest["model_sha256"] == weights_hash(tmp_path / "checkpoint_12" / "model")
+    assert manifest["token_cache"] == tokens.path.name
+    assert manifest["encoded_docs"] == len(refresher.task.doc_ids)
+
+
+@pytest.mark.slow  # a Ray Data encoder actor pool
+def test_a_partial_refresh_searches_only_the_reencoded_documents(ray_local, tmp_path, mini_scifact,
+                                                                  minilm_small):
+    refresher, neg_dir = _refresher(tmp_path, mini_scifact)
+    refresher.job = refresher.job.model_copy(update={"mining": refresher.job.mining.model_copy(
+        update={"refresh_sample": 0.2})})
+    minilm_small.save(tmp_path / "checkpoint_4" / "model")
+    current = refresher.current_candidates()  # v0's negatives (BM25)
+    refresher.refresh(4, tmp_path / "checkpoint_4")
+    assert refresher.status()["published"] == [4]
+    task = refresher.task
+    subset = set(refresh_doc_subset(len(task.doc_ids), 0.2, seed=4, keep=current | {
+        d for p in task.positives for d in p}).tolist())
+    rows, manifest = read_version(neg_dir / "v4")
+    assert manifest["encoded_docs"] == len(subset) < len(task.doc_ids)
+    index = {d: i for i, d in enumerate(task.doc_ids)}
+    assert refresher.candidate_docs <= subset  # candidates come from the re-encoded documents
+    assert refresher.candidate_docs
+    picked = {r["query_id"]: {index[d] for d in r["negative_ids"]} for r in rows}
+    outside = sum(len(negs - subset) for negs in picked.values())
+    assert outside <= manifest["stats"]["filled_random"]  # only a random fill reaches outside
