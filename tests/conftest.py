@@ -9,6 +9,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller polls its workers every 2 s by default, and a worker's report waits
+# in a queue of one until that poll takes it: every report of a test run cost up to 2 s.
+# Polling more often changes only how soon a report is picked up. Set before Ray starts, so
+# every process (local Ray, Tune trials, `ray start` test clusters) inherits it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ANGLE_RAY_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))

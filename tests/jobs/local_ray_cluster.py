@@ -57,6 +57,10 @@ NODE_ENV = {
     "RAY_health_check_failure_threshold": "3",
     # SIGTERM to `ray start --block` stops the node at once (no 30 s drain: nothing to migrate)
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    # a Train restart right after a node dies may still ask for the dead node (it is declared
+    # dead a few seconds later); its placement group then waits this long, not 60 s, before
+    # Train retries with the workers that fit
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15",
 }
 # Variables of the caller's shell that would point a process at another cluster or token.
 FOREIGN = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
