@@ -25,15 +25,22 @@ from angle_ray.models.loader import load_model
 
 MAX_LENGTH = 96
 MODEL = "all-MiniLM-L6-v2"
+# documents ranked per query: 150 of the slice's ~300 keep the measured figures (int8 top-10
+# overlap 0.898 on 150, 0.904 on all) at half the encoding time
+N_DOCS = 150
 
 
 @pytest.fixture(scope="module")
 def slice_tokens(mini_scifact, tmp_path_factory):
-    """(task, texts as the pool sees them, token ids) of the mini SciFact slice."""
+    """(number of documents, texts as the pool sees them, token ids): the first N_DOCS
+    documents of the mini SciFact slice, then all its queries."""
     job = config_from_dict({"mining": {"beir": str(mini_scifact), "max_length": MAX_LENGTH}})
     task = load_mining_task(job.mining)
-    cache = mining_tokens(job, task, tmp_path_factory.mktemp("neg"))
-    return task, task.doc_texts + task.query_texts, cache.input_ids.to_pylist()
+    ids = mining_tokens(job, task, tmp_path_factory.mktemp("neg")).input_ids.to_pylist()
+    n_all = len(task.doc_texts)  # the cache holds the documents' ids, then the queries'
+    assert n_all > N_DOCS
+    return (N_DOCS, task.doc_texts[:N_DOCS] + task.query_texts,
+            ids[:N_DOCS] + ids[n_all:])
 
 
 def _encoder(precision: str) -> TextEncoder:
@@ -52,13 +59,11 @@ def _embed(encoder: TextEncoder, ids: list[list[int]], batch: int = 32) -> np.nd
 
 @pytest.fixture(scope="module")
 def embeddings(slice_tokens) -> dict[str, np.ndarray]:
-    _task, _texts, ids = slice_tokens
+    _n_docs, _texts, ids = slice_tokens
     return {precision: _embed(_encoder(precision), ids) for precision in ("fp32", "bf16", "int8")}
 
 
-def _top10_overlap(task, emb: np.ndarray, ref: np.ndarray) -> float:
-    n_docs = len(task.doc_texts)
-
+def _top10_overlap(n_docs: int, emb: np.ndarray, ref: np.ndarray) -> float:
     def top(e):
         return np.argsort(-(e[n_docs:] @ e[:n_docs].T), axis=1)[:, :10]
 
@@ -73,18 +78,19 @@ def test_token_ids_give_the_text_paths_embeddings(slice_tokens, embeddings):
 
 
 def test_bf16_embeddings_are_close_to_fp32_and_rank_the_same(slice_tokens, embeddings):
-    task = slice_tokens[0]
+    n_docs = slice_tokens[0]
     cosine = np.sum(embeddings["bf16"] * embeddings["fp32"], axis=1)
     assert cosine.min() > 0.99
-    assert _top10_overlap(task, embeddings["bf16"], embeddings["fp32"]) >= 0.9  # measured 0.99
+    assert _top10_overlap(n_docs, embeddings["bf16"], embeddings["fp32"]) >= 0.9  # measured 0.99
 
 
 def test_int8_ranks_like_fp32_within_the_stated_overlap(slice_tokens, embeddings):
-    task = slice_tokens[0]
+    n_docs = slice_tokens[0]
     cosine = np.sum(embeddings["int8"] * embeddings["fp32"], axis=1)
     assert cosine.mean() > 0.98 and cosine.min() > 0.95  # measured 0.991 and 0.980
-    # measured 0.904 at 96 tokens (0.881 at 64): int8 reorders near-ties that bf16 keeps
-    assert _top10_overlap(task, embeddings["int8"], embeddings["fp32"]) >= 0.88
+    # measured 0.898 on 150 documents at 96 tokens (0.904 on ~300; 0.881 on ~300 at 64 tokens):
+    # int8 reorders near-ties that bf16 keeps
+    assert _top10_overlap(n_docs, embeddings["int8"], embeddings["fp32"]) >= 0.88
     assert not np.allclose(embeddings["int8"], embeddings["fp32"], atol=1e-3)  # really quantised
 
 
@@ -129,7 +135,7 @@ def test_left_padded_llm_token_ids_match_its_text_path(tiny_llm_dir):
 
 @pytest.mark.slow  # a Ray Data encoder actor pool
 def test_the_length_sorted_pool_returns_embeddings_in_input_order(ray_local, slice_tokens):
-    _task, texts, ids = slice_tokens
+    _n_docs, texts, ids = slice_tokens
     pool = PoolConfig(min_actors=1, max_actors=1, cpus_per_actor=1, batch_size=16, sort_by_length=True)
     run = encode_tokens_with_pool(MODEL, ids, ModelConfig(), pool, max_length=MAX_LENGTH)
     model = load_model(MODEL, max_length=MAX_LENGTH, base=ModelConfig())
