@@ -22,16 +22,20 @@ def test_pbt_weak_trial_continues_from_the_strong_trials_weights(tiny_job_file, 
     space.write_text(yaml.safe_dump({
         "config": str(tiny_job_file), "num_samples": 2, "max_concurrent_trials": 2,
         "include_base": True,
-        "scheduler": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+        "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
                       "resample_probability": 0.0},
         # the base trial (lr 5e-5) learns; the other one (2e-2) wrecks the model at once
         "params": {"train.lr": {"choice": [2.0e-2]}}}))
-    sweep = plan_sweep(space, output=tmp_path / "sweep", overrides=["train.max_steps=6"])
+    # an evaluation (a checkpoint, a perturbation point) every step: points 1 and 2 before the
+    # last step 3. The first point cannot exploit yet (the strong trial has no PBT checkpoint
+    # until it ranked on top once), the second can, and leaves a step to train.
+    sweep = plan_sweep(space, output=tmp_path / "sweep",
+                       overrides=["train.max_steps=3", "train.eval_every=1"])
     outcome = run_sweep(sweep)
     report = outcome.report
     assert not outcome.interrupted and len(report.rows) == 2
     assert {r.status for r in report.rows} == {"completed"}  # PBT never stops a trial for good
-    assert all(r.step == 6 and r.total_steps == 6 for r in report.rows)  # steps count on
+    assert all(r.step == 3 and r.total_steps == 3 for r in report.rows)  # steps count on
     base = next(r for r in report.rows if r.is_base)
     weak = next(r for r in report.rows if not r.is_base)
     runs = sorted((sweep.folder / TRIALS_DIR).glob(f"{weak.trial_id}-g*"))
@@ -42,9 +46,9 @@ def test_pbt_weak_trial_continues_from_the_strong_trials_weights(tiny_job_file, 
     assert (run / "init_model" / ANGLE_RAY_FILE).exists()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["name_or_path"] == str(run / "init_model")
-    assert config["train"]["max_steps"] == 6 - from_base[0]["step"]  # only the steps left
+    assert config["train"]["max_steps"] == 3 - from_base[0]["step"]  # only the steps left
     steps = [s for s, _ in weak.curve]  # one curve across generations, counting on
-    assert steps == sorted(set(steps)) and steps[-1] == 6 and len(steps) >= 2
+    assert steps == sorted(set(steps)) and steps[-1] == 3 and len(steps) >= 2
     tune_ckpts = list((sweep.folder / "tune").rglob(STATE))
-    assert tune_ckpts and all(json.loads(p.read_text())["step"] in (2, 4, 6) for p in tune_ckpts)
+    assert tune_ckpts and all(json.loads(p.read_text())["step"] in (1, 2, 3) for p in tune_ckpts)
     assert Path(report.files["best"]).exists()
