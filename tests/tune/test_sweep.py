@@ -1,11 +1,12 @@
-"""A real 4-trial sweep (MiniLM, STS-B slices, Ray Tune + Train + DeepSpeed), interrupted and
+"""A real 3-trial sweep (MiniLM, STS-B slices, Ray Tune + Train + DeepSpeed), interrupted and
 resumed, then its report and its best job file checked.
 
 One sweep serves every test here (it is the slow part): `angle-ray sweep` runs in a child
-process and gets SIGINT (Ctrl-C) once its third trial has started; the same sweep is then
-resumed in this process. The grid over the learning rate puts two good trials (5e-5, 3e-5)
-and two that wreck the model (1e-2, 2e-2) in a fixed order, one trial at a time, so ASHA
-(grace 2 steps, reduction factor 2) has an earlier trial to compare each later one against.
+process (a second driver on this session's Ray) and gets SIGINT (Ctrl-C) once its third trial
+has started; the same sweep is then resumed in this process. The grid over the learning rate
+puts two good trials (5e-5, 3e-5) and one that wrecks the model (1e-2) in a fixed order, one
+trial at a time, 4 steps each, so ASHA (grace 2 steps, reduction factor 2) has an earlier trial
+to compare each later one against.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from angle_ray.tune.sweep import can_resume, plan_sweep, run_sweep
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-LRS = [5.0e-5, 1.0e-2, 3.0e-5, 2.0e-2]
+LRS = [5.0e-5, 1.0e-2, 3.0e-5]
+MAX_STEPS = 4  # evaluations at steps 2 and 4 (tiny_job_file evaluates every 2 steps)
 
 
 def _started_trials(folder: Path) -> list[Path]:
@@ -58,15 +60,17 @@ def sweep_run(tiny_job_file, tmp_path_factory, ray_local):
     space.write_text(yaml.safe_dump({
         "config": str(tiny_job_file), "num_samples": 1, "max_concurrent_trials": 1,
         "max_failures": 1, "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+        "overrides": {"train.max_steps": MAX_STEPS},
         "params": {"train.lr": {"grid": LRS}, "loss.angle_w": {"choice": [0.02]}}}))
     folder = tmp / "sweep"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
            "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)
+    address = ray_local.get_runtime_context().gcs_address  # no second Ray to start
     started = time.time()
     with (tmp / "first.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "angle_ray.cli", "sweep", "--space", str(space),
-                                 "--output", str(folder)], cwd=REPO, env=env, stdout=log,
+                                 "--output", str(folder), "--address", address], cwd=REPO, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         _interrupt_when_third_trial_starts(proc, folder, timeout=600)
         rc = proc.wait(timeout=300)
@@ -97,23 +101,26 @@ def test_resumed_sweep_finishes_the_remaining_trials_without_rerunning_finished_
     outcome, folder = sweep_run["outcome"], sweep_run["folder"]
     assert outcome.resumed and not outcome.interrupted
     rows = {r["trial_id"]: r for r in _rows(folder)}
-    assert len(rows) == 4 and all(r["status"] in ("completed", "stopped") for r in rows.values())
+    assert len(rows) == 3 and all(r["status"] in ("completed", "stopped") for r in rows.values())
     for trial_id, metrics in sweep_run["before"].items():
         # a finished trial's Train run was not started again: its metrics.csv is byte-identical
         assert (folder / TRIALS_DIR / trial_id / "metrics.csv").read_bytes() == metrics
-    assert len(_started_trials(folder)) == 4  # the fourth trial ran only after the resume
+    assert len(_started_trials(folder)) == 3
+    cut_short = sweep_run["interrupted"][2]  # started before Ctrl-C, trained to its end after
+    assert cut_short not in sweep_run["before"] and rows[cut_short]["status"] == "completed"
+    assert int(rows[cut_short]["step"]) == MAX_STEPS
     assert sorted(float(r["train.lr"]) for r in rows.values()) == sorted(LRS)
 
 
 def test_asha_stops_the_weak_trials_at_an_early_rung(sweep_run):
     rows = {float(r["train.lr"]): r for r in _rows(sweep_run["folder"])}
-    assert rows[5.0e-5]["status"] == "completed" and int(rows[5.0e-5]["step"]) == 8
+    assert rows[5.0e-5]["status"] == "completed" and int(rows[5.0e-5]["step"]) == MAX_STEPS
     stopped = [lr for lr, r in rows.items() if r["status"] == "stopped"]
     assert 1.0e-2 in stopped  # compared against the first trial at step 2, and far below it
     for lr in stopped:
-        assert int(rows[lr]["step"]) < 8
+        assert int(rows[lr]["step"]) < MAX_STEPS
         curve = read_curve(Path(rows[lr]["run_dir"]), "dev_metric")
-        assert curve and max(s for s, _ in curve) < 8  # its training really stopped there
+        assert curve and max(s for s, _ in curve) < MAX_STEPS  # its training really stopped there
     report = sweep_run["outcome"].report
     assert report.stopped == len(stopped) >= 1
 
@@ -125,7 +132,7 @@ def test_report_tables_are_sorted_by_the_metric_and_plots_are_written(sweep_run)
     assert metrics == sorted(metrics, reverse=True)
     md = (folder / "results.md").read_text()
     ranked = [line.split("|")[2].strip() for line in md.splitlines()
-              if line.startswith(("| 1 ", "| 4 "))]
+              if line.startswith(("| 1 ", "| 3 "))]
     assert ranked[0].startswith(rows[0]["trial_id"]) and "**best**" in ranked[0]
     for name in ("dev_metric_vs_train.lr.png", "dev_metric_vs_loss.angle_w.png",
                  "dev_metric_curves.png"):
@@ -145,7 +152,7 @@ def test_best_yaml_reruns_as_is_to_the_same_dev_metric(sweep_run, tmp_path):
     assert run.run_dir == sweep_run["folder"] / "best"
     rerun = read_curve(run.run_dir, "dev_metric")
     trial = read_curve(Path(best.run_dir), "dev_metric")
-    assert [s for s, _ in rerun] == [s for s, _ in trial] == [2, 4, 6, 8]
+    assert [s for s, _ in rerun] == [s for s, _ in trial] == [2, 4]
     for (_, a), (_, b) in zip(rerun, trial):
         assert a == pytest.approx(b, abs=1e-4)  # Spearman x100: same seed, same batches, same sums
     assert run.model_dir is not None and (run.model_dir / ANGLE_RAY_FILE).exists()
