@@ -17,6 +17,7 @@ from angle_ray.mining.encoder_pool import encode_with_pool
 from angle_ray.mining.publish import list_versions, publish_version, read_version
 from angle_ray.mining.refresher import Refresher, due, refresh_doc_subset, weights_hash
 from angle_ray.mining.task import load_mining_task
+from angle_ray.mining.token_cache import CACHE_DIR
 from angle_ray.mining.training_setup import warm_start
 from angle_ray.models.embedder import encode
 from angle_ray.models.loader import load_model
@@ -78,30 +79,56 @@ def _refresher(tmp_path: Path, beir: Path) -> tuple[Refresher, Path]:
     return Refresher(job.model_dump_json(), str(tmp_path), str(neg_dir)), neg_dir
 
 
-@pytest.mark.slow  # a Ray Data encoder actor pool
-def test_a_failed_refresh_keeps_the_previous_version_and_publishes_nothing_partial(
-        ray_local, tmp_path, mini_scifact, minilm_small):
+def _torn_copy(src: Path, dst: Path) -> None:
+    """A checkpoint folder like ``src`` whose weights file was cut short (a torn write)."""
+    shutil.copytree(src, dst)
+    weights = dst / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1000])
+
+
+@pytest.fixture(scope="module")
+def refresh_sequence(ray_local, tmp_path_factory, mini_scifact, minilm_small) -> dict:
+    """One refresher (one pool run per refresh) through four checkpoints: step 4 publishes,
+    step 8's weights are torn (the refresh fails), step 12 has new weights, step 16 the same
+    bytes as step 12. What the folder and the refresher held after each step is kept."""
+    tmp_path = tmp_path_factory.mktemp("refresh-sequence")
     refresher, neg_dir = _refresher(tmp_path, mini_scifact)
-    assert [s for s, _ in list_versions(neg_dir)] == [0]
-    good = tmp_path / "checkpoint_good"
-    minilm_small.save(good / "model")
-    broken = tmp_path / "checkpoint_broken"
-    minilm_small.save(broken / "model")
-    weights = broken / "model" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: 1000])  # a torn checkpoint file
+    seen = {"versions_before": [s for s, _ in list_versions(neg_dir)]}
+    minilm_small.save(tmp_path / "checkpoint_4" / "model")
+    refresher.refresh(4, tmp_path / "checkpoint_4")
+    tokens = refresher.tokens
+    seen.update(tokens=tokens, tokens_built=tokens is not None and tokens.built,
+                tokens_stat=tokens.path.stat() if tokens is not None else None)
 
-    refresher.refresh(8, broken)
-    assert [f["step"] for f in refresher.failures] == [8]
-    assert [s for s, _ in list_versions(neg_dir)] == [0]  # the old version stays in use
-    leftovers = [p.name for p in neg_dir.iterdir() if p.name not in ("v0", ".work")]
-    assert leftovers == []  # no v8, no .tmp-* folder
-    assert not any((neg_dir / ".work").iterdir())
+    _torn_copy(tmp_path / "checkpoint_4", tmp_path / "checkpoint_8")
+    refresher.refresh(8, tmp_path / "checkpoint_8")
+    seen.update(failed_at=[f["step"] for f in refresher.failures],
+                versions_after_failure=[s for s, _ in list_versions(neg_dir)],
+                leftovers=[p.name for p in neg_dir.iterdir()
+                           if p.name not in ("v0", "v4", ".work", CACHE_DIR)],
+                work_after_failure=list((neg_dir / ".work").iterdir()))
 
-    refresher.refresh(12, good)  # the next checkpoint refreshes as usual
-    assert [s for s, _ in list_versions(neg_dir)] == [0, 12]
+    _perturbed_copy(tmp_path / "checkpoint_4", tmp_path / "checkpoint_12")
+    refresher.refresh(12, tmp_path / "checkpoint_12")  # new weights: a new version, same tokens
+    shutil.copytree(tmp_path / "checkpoint_12", tmp_path / "checkpoint_16")
+    refresher.refresh(16, tmp_path / "checkpoint_16")  # the same bytes at a later step
     # a restarted refresher carries on from what is on disk
     again = Refresher(refresher.job.model_dump_json(), str(tmp_path), str(neg_dir))
-    assert again.last_step == 12
+    return {**seen, "refresher": refresher, "neg_dir": neg_dir, "tmp_path": tmp_path,
+            "restarted_last_step": again.last_step}
+
+
+@pytest.mark.slow  # a Ray Data encoder actor pool
+def test_a_failed_refresh_keeps_the_previous_version_and_publishes_nothing_partial(refresh_sequence):
+    seen = refresh_sequence
+    assert seen["versions_before"] == [0]
+    assert seen["failed_at"] == [8]
+    assert seen["versions_after_failure"] == [0, 4]  # the previous version stays in use
+    assert seen["leftovers"] == []  # no v8, no .tmp-* folder
+    assert seen["work_after_failure"] == []
+    # the next checkpoint refreshes as usual
+    assert [s for s, _ in list_versions(seen["neg_dir"])] == [0, 4, 12]
+    assert seen["restarted_last_step"] == 12  # the latest version on disk (step 16 was skipped)
 
 
 def test_refresh_cadence():
@@ -169,26 +196,19 @@ def test_a_partial_refresh_samples_reproducibly_and_keeps_what_matters():
     assert len(refresh_doc_subset(10, 1.0, seed=0, keep=())) == 10
 
 
-@pytest.mark.slow  # a Ray Data encoder actor pool, twice
-def test_a_second_refresh_from_the_same_weights_publishes_nothing(ray_local, tmp_path, mini_scifact,
-                                                                  minilm_small):
-    refresher, neg_dir = _refresher(tmp_path, mini_scifact)
-    first = tmp_path / "checkpoint_4"
-    minilm_small.save(first / "model")
-    refresher.refresh(4, first)
-    tokens = refresher.tokens
-    assert tokens is not None and tokens.built
-    stat = tokens.path.stat()
-    _perturbed_copy(first, tmp_path / "checkpoint_8")
-    refresher.refresh(8, tmp_path / "checkpoint_8")  # new weights: a new version, same tokens
-    shutil.copytree(tmp_path / "checkpoint_8", tmp_path / "checkpoint_12")
-    refresher.refresh(12, tmp_path / "checkpoint_12")  # the same bytes at a later step
-    assert refresher.status() == {"published": [4, 8], "skipped": [12], "failures": [], "last_step": 12}
-    assert [s for s, _ in list_versions(neg_dir)] == [0, 4, 8]
-    assert refresher.tokens is tokens
+@pytest.mark.slow  # a Ray Data encoder actor pool
+def test_a_second_refresh_from_the_same_weights_publishes_nothing(refresh_sequence):
+    seen, refresher = refresh_sequence, refresh_sequence["refresher"]
+    tokens, stat, tmp_path = seen["tokens"], seen["tokens_stat"], seen["tmp_path"]
+    assert seen["tokens_built"]
+    assert refresher.status() == {"published": [4, 12], "skipped": [16],
+                                  "failures": refresher.failures, "last_step": 16}
+    assert [f["step"] for f in refresher.failures] == [8]
+    assert refresher.tokens is tokens  # tokenised once, at the first refresh
     assert (tokens.path.stat().st_ino, tokens.path.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
-    manifest = read_version(neg_dir / "v8")[1]
-    assert manifest["model_sha256"] == weights_hash(tmp_path / "checkpoint_12" / "model")
+    manifest = read_version(seen["neg_dir"] / "v12")[1]
+    assert manifest["model_sha256"] == weights_hash(tmp_path / "checkpoint_16" / "model")
+    assert manifest["model_sha256"] != read_version(seen["neg_dir"] / "v4")[1]["model_sha256"]
     assert manifest["token_cache"] == tokens.path.name
     assert manifest["encoded_docs"] == len(refresher.task.doc_ids)
 
