@@ -4,15 +4,15 @@ without a GPU (every row printed; the GPU rows say why they are unrun; the CPU r
 bench/ is no package, so the script is loaded from its path.
 """
 
-import importlib.util
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.bench.conftest import bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_check.py"
@@ -28,12 +28,8 @@ GPU_ROWS = {i for i, (_, device) in enumerate(EXPECTED_ROWS)
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("gpu_check", None)
+    with bench_script("gpu_check") as module:
+        yield module
 
 
 def test_qwen2_05b_shape_parameters_and_flops_by_hand(gpu_check):

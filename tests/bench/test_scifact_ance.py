@@ -7,10 +7,8 @@ bench/ is no package, so the script is loaded from its path.
 """
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from angle_ray.eval.retrieval import evaluate_retrieval
 from angle_ray.mining.publish import publish_version
 from angle_ray.mining.static import capped_length
 from angle_ray.train.driver import run_dir_of
+from tests.bench.conftest import bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "scifact_ance.py"
@@ -29,12 +28,8 @@ CONFIG = str(REPO / "jobs" / "configs" / "scifact_ance.yaml")
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("scifact_ance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scifact_ance"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("scifact_ance", None)
+    with bench_script("scifact_ance") as module:
+        yield module
 
 
 def test_mean_and_sample_std_by_hand(bench):
