@@ -27,7 +27,6 @@ The actor restarts if its process dies and picks up from the versions on disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -55,7 +54,7 @@ from angle_ray.mining.publish import (
 )
 from angle_ray.mining.static import mine_static
 from angle_ray.mining.task import MiningTask, load_mining_task
-from angle_ray.mining.token_cache import TokenCache, mining_tokens
+from angle_ray.mining.token_cache import TokenCache, files_sha256, mining_tokens
 from angle_ray.models.embedder import apply_prompt
 
 logger = logging.getLogger(__name__)
@@ -68,15 +67,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # full weights or a L
 def weights_hash(model_dir: Path) -> str | None:
     """sha256 over a model folder's weight files (names + bytes, sorted); None when it has none."""
     files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return files_sha256(Path(model_dir), files) if files else None
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:

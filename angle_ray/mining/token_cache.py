@@ -70,10 +70,18 @@ def tokenizer_fingerprint(name_or_path: str) -> str:
         if folder.is_dir() else []
     if not files:
         return f"name:{name_or_path}"
+    return "sha256:" + files_sha256(folder, files)
+
+
+def files_sha256(root: Path, files: list[Path]) -> str:
+    """sha256 over ``files`` (paths relative to ``root`` + bytes, in the given order)."""
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return "sha256:" + digest.hexdigest()
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def cache_key(fingerprint: str, max_length: int, prompts: dict[str, str | None], texts: list[str]) -> str:
