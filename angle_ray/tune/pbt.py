@@ -56,15 +56,21 @@ class QueueReportCallback(UserCallback):
         self.reports.put({"metrics": m, "checkpoint": checkpoint.path if checkpoint else None})
 
 
-def warm_start(run_dir: Path) -> dict | None:
-    """The Tune checkpoint this trial was (re)started from, unpacked into its new run folder
-    (`init_model/`, and `warm_start.json` saying whose weights at which step):
-    {"model": folder, "step": donor step, "from_trial": donor}; None on a trial's first start."""
+def checkpoint_state() -> dict | None:
+    """The state saved with the Tune checkpoint this trial was (re)started from
+    ({"step", "trial_id", "metrics"}); None on a trial's first start."""
     ckpt = tune.get_checkpoint()
     if ckpt is None:
         return None
     with ckpt.as_directory() as folder:
-        state = json.loads((Path(folder) / STATE).read_text())
+        return json.loads((Path(folder) / STATE).read_text())
+
+
+def warm_start(run_dir: Path, state: dict) -> dict:
+    """Unpack the Tune checkpoint's model into the new run folder (`init_model/`, and
+    `warm_start.json` saying whose weights at which step):
+    {"model": folder, "step": donor step, "from_trial": donor, "metrics": donor's metrics}."""
+    with tune.get_checkpoint().as_directory() as folder:
         target = run_dir / "init_model"
         if target.exists():
             shutil.rmtree(target)
@@ -114,14 +120,15 @@ def run_pbt_trial(sweep: Sweep, values: dict, trial_id: str) -> None:
     train = {"checkpoint_every": every, "eval_every": every}
     start = None
     # exploited (or retried, or resumed): continue from the weights Tune hands over
-    if tune.get_checkpoint() is not None:
-        train["name"] = next_run_name(trials_dir, trial_id)
-        start = warm_start(trials_dir / train["name"])
-        if start["step"] >= cfg.train.max_steps:
+    state = checkpoint_state()
+    if state is not None:
+        if int(state["step"]) >= cfg.train.max_steps:
             # Tune restarted a trial from its final checkpoint (paused after its last report):
-            # nothing is left to train; training one more step would count past the budget
-            tune.report(start["metrics"])
+            # nothing is left to train (no new run folder); one more step would overshoot
+            tune.report(state.get("metrics", {}))
             return
+        train["name"] = next_run_name(trials_dir, trial_id)
+        start = warm_start(trials_dir / train["name"], state)
         train["max_steps"] = cfg.train.max_steps - start["step"]
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"name_or_path": start["model"]})})

@@ -127,7 +127,12 @@ def test_worker_node_killed_after_a_checkpoint_resumes_on_the_survivor_and_finis
     after = [r for r in rows if int(r["resumed_from"]) > 0]
     assert after, f"no worker group resumed from a checkpoint: {rows}"
     resumed = int(after[0]["resumed_from"])
-    assert resumed % CHECKPOINT_EVERY == 0 and CHECKPOINT_EVERY <= resumed <= killed_at
+    # the controller writes metrics.csv after the workers report and a SIGKILLed raylet's
+    # workers live on for a moment, so the first group may commit a checkpoint past `killed_at`;
+    # the resume point is one the first group reported (its row and its checkpoint come together)
+    first_group_last = max(int(r["step"]) for r in rows if int(r["resumed_from"]) == 0)
+    assert resumed % CHECKPOINT_EVERY == 0
+    assert CHECKPOINT_EVERY <= resumed <= first_group_last < MAX_STEPS
     assert all(int(r["world_size"]) == 1 for r in after)  # the survivor alone
     steps_after = [int(r["step"]) for r in after]
     assert steps_after == list(range(resumed + LOG_EVERY, MAX_STEPS + 1, LOG_EVERY))
