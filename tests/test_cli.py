@@ -1,6 +1,7 @@
 """angle_ray/cli.py: every user error is one `error: ...` line on stderr and exit code 2, with no
-traceback (the commands run as a user runs them: a separate `python -m angle_ray.cli` process),
-`--debug` re-raises, and errors that Ray wrapped are unwrapped to the user error inside."""
+traceback, `--debug` re-raises, and errors that Ray wrapped are unwrapped to the user error inside.
+Some commands run as a user runs them (a separate `python -m angle_ray.cli` process); the rest call
+`main()` in this process, which prints and returns the same, without paying ~10 s of imports each."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "angle_ray.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`main(args)` in this process, its exit code and output as a finished process gives them."""
+    capsys.readouterr()  # drop what came before
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["angle-ray", *args], code, out, err)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, message: str) -> None:
@@ -70,21 +79,21 @@ def test_a_missing_config_file_is_named(tmp_path):
     assert_user_error(run_cli("train", "--config", str(missing)), f"config file not found: {missing}")
 
 
-def test_train_on_a_missing_data_file_names_it(tmp_path):
+def test_train_on_a_missing_data_file_names_it(tmp_path, capsys):
     missing = tmp_path / "nowhere.jsonl"
-    proc = run_cli("train", "--config", "jobs/configs/quickstart.yaml", f"data.0.path={missing}",
+    proc = run_main(capsys, "train", "--config", "jobs/configs/quickstart.yaml", f"data.0.path={missing}",
                    f"train.storage_path={tmp_path}")
     assert_user_error(proc, f"data path not found: {missing}")
 
 
-def test_eval_of_a_missing_model_folder_names_the_path():
-    proc = run_cli("eval", "--model", "/no/such/dir", "--tasks", "stsb")
+def test_eval_of_a_missing_model_folder_names_the_path(capsys):
+    proc = run_main(capsys, "eval", "--model", "/no/such/dir", "--tasks", "stsb")
     assert_user_error(proc, "/no/such/dir: no such model folder")
     assert "repo id" not in proc.stderr.lower()
 
 
-def test_export_of_a_missing_model_folder_names_the_path(tmp_path):
-    proc = run_cli("export", "--model", "/no/such/dir", "--output", str(tmp_path / "out"))
+def test_export_of_a_missing_model_folder_names_the_path(tmp_path, capsys):
+    proc = run_main(capsys, "export", "--model", "/no/such/dir", "--output", str(tmp_path / "out"))
     assert_user_error(proc, "/no/such/dir: no such model folder")
     assert not (tmp_path / "out").exists()
 
@@ -94,8 +103,8 @@ def test_eval_of_an_unknown_task_lists_the_known_ones():
     assert_user_error(proc, "unknown task(s) ['nosuchtask']; choose from stsb")
 
 
-def test_mine_without_a_mining_section_says_what_to_add(tmp_path):
-    proc = run_cli("mine", "--config", str(QUICKSTART), "--output", str(tmp_path / "neg.jsonl"))
+def test_mine_without_a_mining_section_says_what_to_add(tmp_path, capsys):
+    proc = run_main(capsys, "mine", "--config", str(QUICKSTART), "--output", str(tmp_path / "neg.jsonl"))
     assert_user_error(proc, f"{QUICKSTART} has no `mining:` section")
 
 
@@ -170,25 +179,28 @@ def test_train_on_a_row_with_an_empty_text_names_file_line_and_field(data_dir, t
     assert_user_error(proc, f"{corpus} line 3, field 'text2': empty text")
 
 
-def test_embed_and_serve_options_load_only_when_their_command_runs():
+def test_embed_and_serve_options_load_only_when_their_command_runs(capsys):
     code = ("import sys; from angle_ray.cli import build_parser; "
             "build_parser().format_help(); print('ray' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=60, check=True)
     assert proc.stdout.strip() == "False"  # `angle-ray --help` does not wait for Ray to import
-    proc = run_cli("embed", "--help")
-    assert proc.returncode == 0 and "--text-field" in proc.stdout and "--index" in proc.stdout
-    proc = run_cli("serve", "--help")
-    assert proc.returncode == 0 and "--replicas" in proc.stdout and "--api-key-env" in proc.stdout
+    for command, options in (("embed", ("--text-field", "--index")),
+                             ("serve", ("--replicas", "--api-key-env"))):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and all(o in out for o in options), out
 
 
 # --- embed / serve / export: user errors before any Ray work -----------------------------------
 
 
-def test_embed_of_a_missing_model_folder_names_the_path(tmp_path):
+def test_embed_of_a_missing_model_folder_names_the_path(tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "a"}\n')
-    proc = run_cli("embed", "--model", "/no/such/dir", "--input", str(corpus),
+    proc = run_main(capsys, "embed", "--model", "/no/such/dir", "--input", str(corpus),
                    "--output", str(tmp_path / "out.parquet"))
     assert_user_error(proc, "/no/such/dir: no such model folder")
     assert not (tmp_path / "out.parquet").exists()
@@ -216,8 +228,8 @@ def test_embed_with_zero_rows_per_shard_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err == "error: --shard-rows and --max-length must be >= 1\n"
 
 
-def test_serve_on_a_port_outside_tcp_names_it():
-    proc = run_cli("serve", "--model", "all-MiniLM-L6-v2", "--port", "70000")
+def test_serve_on_a_port_outside_tcp_names_it(capsys):
+    proc = run_main(capsys, "serve", "--model", "all-MiniLM-L6-v2", "--port", "70000")
     assert_user_error(proc, "--port 70000 is not a TCP port (1..65535)")
 
 
@@ -234,8 +246,8 @@ def test_serve_user_errors_stop_before_ray_starts(argv, message, capsys, monkeyp
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
-def test_export_no_int8_without_onnx_is_refused(tmp_path):
-    proc = run_cli("export", "--model", "all-MiniLM-L6-v2", "--output", str(tmp_path / "out"),
+def test_export_no_int8_without_onnx_is_refused(tmp_path, capsys):
+    proc = run_main(capsys, "export", "--model", "all-MiniLM-L6-v2", "--output", str(tmp_path / "out"),
                    "--no-int8")
     assert_user_error(proc, "--no-int8 goes with --onnx")
     assert not (tmp_path / "out").exists()
@@ -244,7 +256,7 @@ def test_export_no_int8_without_onnx_is_refused(tmp_path):
 # --- mining: a split with nothing to mine ------------------------------------------------------
 
 
-def test_mine_on_a_split_without_positives_names_the_split(mini_scifact, tmp_path):
+def test_mine_on_a_split_without_positives_names_the_split(mini_scifact, tmp_path, capsys):
     qrels = (mini_scifact / "qrels" / "train.tsv").read_text().splitlines()
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
@@ -255,7 +267,7 @@ def test_mine_on_a_split_without_positives_names_the_split(mini_scifact, tmp_pat
     (beir / "qrels" / "train.tsv").write_text("\n".join(zeroed) + "\n")
     config = tmp_path / "mine.yaml"
     config.write_text(f"mining:\n  beir: {beir}\n  holdout_fraction: 0\n")
-    proc = run_cli("mine", "--config", str(config), "--output", str(tmp_path / "neg.jsonl"))
+    proc = run_main(capsys, "mine", "--config", str(config), "--output", str(tmp_path / "neg.jsonl"))
     assert_user_error(proc, f"mining.beir='{beir}': no query of split 'train' (qrels/train.tsv) has a "
                             "positive judgement")
     assert not (tmp_path / "neg.jsonl").exists()
