@@ -12,7 +12,7 @@ import torch.distributed as dist
 from angle_ray.config import ModelConfig, config_from_dict
 from angle_ray.data.collate import TokenBatch, pad, ragged
 from angle_ray.data.stream import text_hash
-from angle_ray.models.backbone import build_model
+from angle_ray.models.backbone import build_model, load_embedding_model
 
 
 def write_rows(path: Path, rows: list[dict]) -> str:
@@ -91,3 +91,10 @@ def gloo_world_of_one():
             os.environ.pop(key)
         else:
             os.environ[key] = value
+
+
+def assert_lora_trained(model_dir) -> None:
+    """The exported model's LoRA B matrices moved off zero (PEFT starts them at zero)."""
+    model = load_embedding_model(model_dir)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
