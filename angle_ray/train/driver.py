@@ -83,7 +83,7 @@ def _check_stream(i: int, ds_cfg: DatasetConfig):
     """Validate one corpus (one streaming pass); returns its StreamPlan and normalised rows."""
     fmt = resolve_format(ds_cfg)
     normalised = normalised_corpus(ds_cfg, fmt)
-    check = validate_corpus(ds_cfg, normalised)
+    check = validate_corpus(ds_cfg, fmt, normalised)
     print(f"[angle-ray] data {i}: format {fmt}, {check.summary()}", flush=True)
     return StreamPlan(name=f"train_{i}", fmt=fmt, weight=ds_cfg.weight,
                       num_negatives=ds_cfg.num_negatives, rows=check.rows,

@@ -29,29 +29,42 @@ def stsb_rows(data_dir):
     return [json.loads(x) for x in (data_dir / "stsb" / "train.jsonl").open().readlines()[:50]]
 
 
-@pytest.mark.slow
-def test_skip_policy_counts_and_locates_every_bad_row(ray_local, tmp_path, stsb_rows):
+# each check both ways: in the driver process (a small local corpus) and as a Ray Data pass
+BOTH_WAYS = pytest.mark.parametrize("in_process", [True, pytest.param(False, marks=pytest.mark.slow)],
+                                    ids=["in-process", "ray-data"])
+
+
+def _validate(request, cfg, fmt, in_process):
+    if in_process:  # no Ray Dataset (making one would start Ray)
+        return validate_corpus(cfg, fmt, None, in_process=True)
+    request.getfixturevalue("ray_local")
+    return validate_corpus(cfg, fmt, normalised_corpus(cfg, fmt), in_process=False)
+
+
+@BOTH_WAYS
+def test_skip_policy_counts_and_locates_every_bad_row(request, in_process, tmp_path, stsb_rows):
     rows = list(stsb_rows)
     rows[4] = "{not json"
     rows[9] = {**stsb_rows[9], "label": 7.5}
     rows[19] = {**stsb_rows[19], "text1": ""}
     path = _write(tmp_path / "mixed.jsonl", rows)
     cfg = DatasetConfig(path=path, format="A", label_range=(0, 5), on_bad_rows="skip")
-    check = validate_corpus(cfg, normalised_corpus(cfg, "A"))
+    check = _validate(request, cfg, "A", in_process)
     assert check.rows == 47 and check.skipped.count == 3
     assert [(row, file.endswith("mixed.jsonl")) for file, row, _ in check.skipped.first] == [
         (5, True), (10, True), (20, True)]
     assert "line 10" in check.summary() and "outside" in check.summary()
 
 
-@pytest.mark.slow
-def test_error_policy_raises_the_first_bad_row_on_the_driver(ray_local, tmp_path, stsb_rows):
+@BOTH_WAYS
+def test_error_policy_raises_the_first_bad_row_on_the_driver(request, in_process, tmp_path,
+                                                            stsb_rows):
     rows = list(stsb_rows)
     rows[30] = {"text1": "a", "text2": "b"}
     path = _write(tmp_path / "missing.jsonl", rows)
     cfg = DatasetConfig(path=path, format="A", label_range=(0, 5))
     with pytest.raises(DataError, match=r"missing\.jsonl line 31, field 'label'"):
-        validate_corpus(cfg, normalised_corpus(cfg, "A"))
+        _validate(request, cfg, "A", in_process)
 
 
 @pytest.mark.slow
