@@ -1,6 +1,7 @@
 """Shared test fixtures: offline Hugging Face, the real data folder, one Ray per session."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,18 @@ os.environ.setdefault("RAY_num_workers_soft_limit", "8")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ANGLE_RAY_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Puts back torch's intra-op thread count after each test. Classes built to run in a Ray
+    actor (the encoder pool's TextEncoder) set it in-process; one left at 1 thread made every
+    later test run single-threaded."""
+    torch = sys.modules.get("torch")  # not imported yet: nothing to restore, nothing to import
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
