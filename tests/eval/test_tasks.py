@@ -1,6 +1,8 @@
 """Named evaluation tasks end to end: the published zero-shot figure, SemEval folders, errors."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -71,18 +73,36 @@ def test_all_runs_present_tasks_and_lists_the_rest(data_dir):
 # --- beir:DIR[:split] ----------------------------------------------------------------------------
 
 
-def test_beir_task_with_a_split_scores_every_judgement_of_that_qrels_file(mini_scifact, tmp_path,
+@pytest.fixture(scope="module")
+def judged_scifact(mini_scifact, tmp_path_factory) -> Path:
+    """The mini SciFact slice with all its 60 judged queries and their 55 positive documents but
+    25 of its 240 other documents: which judgements get scored does not depend on the corpus
+    size, and the test below encodes the corpus twice (the CLI's run and the reference)."""
+    out = tmp_path_factory.mktemp("judged-scifact")
+    shutil.copytree(mini_scifact / "qrels", out / "qrels")
+    shutil.copy(mini_scifact / "queries.jsonl", out / "queries.jsonl")
+    judged = {line.split("\t")[1] for line in (out / "qrels" / "train.tsv").read_text().splitlines()}
+    docs = [(line, json.loads(line)) for line in (mini_scifact / "corpus.jsonl").open()]
+    is_judged = [str(doc.get("_id", doc.get("id"))) in judged for _, doc in docs]
+    positives = [line for (line, _), yes in zip(docs, is_judged) if yes]
+    others = [line for (line, _), yes in zip(docs, is_judged) if not yes][:25]
+    (out / "corpus.jsonl").write_text("".join(positives + others))
+    return out
+
+
+def test_beir_task_with_a_split_scores_every_judgement_of_that_qrels_file(judged_scifact, tmp_path,
                                                                          capsys):
     from angle_ray.data.beir import load_beir
     from angle_ray.eval.retrieval import evaluate_retrieval
     from angle_ray.models.loader import load_model
 
-    task = f"beir:{mini_scifact}:train"
+    task = f"beir:{judged_scifact}:train"
     out = tmp_path / "eval.json"
     assert main(["eval", "--tasks", task, "--max-length", "64", "--output", str(out)]) == 0
     got = json.loads(out.read_text())["tasks"][task]
-    data = load_beir(mini_scifact, split="train")
+    data = load_beir(judged_scifact, split="train")
     assert len(data.qrels) == 60  # all judged queries, no dev split
+    assert len(data.corpus) == 55 + 25
     expected = evaluate_retrieval(load_model("all-MiniLM-L6-v2", max_length=64), data.corpus,
                                   data.queries, data.qrels, show_progress=False)
     assert got == pytest.approx(expected, abs=1e-6)
