@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "angle_ray"
 MAX_LINES = 60
 
@@ -41,8 +43,13 @@ def package_function_lengths(package: Path = PACKAGE) -> dict[str, int]:
     return out
 
 
-def test_no_function_is_over_60_lines():
-    lengths = package_function_lengths()
+@pytest.fixture(scope="module")
+def lengths() -> dict[str, int]:
+    """The package's function lengths, parsed once for the two checks below."""
+    return package_function_lengths()
+
+
+def test_no_function_is_over_60_lines(lengths):
     too_long = sorted(f"{where}: {n} lines" for where, n in lengths.items()
                       if n > MAX_LINES and where not in ALLOWED)
     assert not too_long, (f"{len(too_long)} function(s) over {MAX_LINES} lines "
@@ -50,8 +57,7 @@ def test_no_function_is_over_60_lines():
                           + "\n".join(too_long))
 
 
-def test_every_allowed_function_exists_and_is_still_long():
-    lengths = package_function_lengths()
+def test_every_allowed_function_exists_and_is_still_long(lengths):
     stale = [where for where in ALLOWED if lengths.get(where, 0) <= MAX_LINES]
     assert not stale, f"ALLOWED entries no longer needed (gone, or now short): {stale}"
 

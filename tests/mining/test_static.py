@@ -11,6 +11,7 @@ from angle_ray.cli import main
 from angle_ray.config import DatasetConfig, MiningConfig
 from angle_ray.data.beir import load_beir
 from angle_ray.data.formats import read_records, sample_record
+from angle_ray.mining.bm25 import bm25_candidates
 from angle_ray.mining.static import mine_static, output_format
 
 DROP_IDS = {"query_id": "", "positive_id": "", "negative_ids": ""}
@@ -91,8 +92,11 @@ def test_cli_config_errors_exit_2(tmp_path, data_dir, capsys):
 def test_mine_static_is_reproducible_and_follows_the_seed(data_dir, scifact_task):
     cfg = MiningConfig(beir=str(data_dir / "scifact"), window=(3, 50), k=4, pick="random")
     rows_a, manifest = mine_static(cfg, show_progress=False)
-    rows_b, _ = mine_static(cfg, show_progress=False, task=scifact_task)
-    rows_c, _ = mine_static(cfg.model_copy(update={"seed": 1}), show_progress=False, task=scifact_task)
+    # a second BM25 pass of its own, then selection only: the seed is a selection setting
+    bm25 = (bm25_candidates(scifact_task, top=50), "bm25")
+    rows_b, _ = mine_static(cfg, show_progress=False, task=scifact_task, candidates=bm25)
+    rows_c, _ = mine_static(cfg.model_copy(update={"seed": 1}), show_progress=False, task=scifact_task,
+                            candidates=bm25)
     assert rows_a == rows_b
     assert rows_a != rows_c
     assert manifest["source"] == "bm25" and manifest["queries"] == 647 and manifest["docs"] == 5183
@@ -109,7 +113,6 @@ def test_output_format_from_the_suffix():
 
 
 def test_manifest_records_the_negatives_difficulty(tmp_path, mini_scifact):
-    from angle_ray.mining.bm25 import bm25_candidates
     from angle_ray.mining.publish import publish_version, read_version
     from angle_ray.mining.select import select_negatives
     from angle_ray.mining.task import load_mining_task
