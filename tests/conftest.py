@@ -103,3 +103,23 @@ def mini_scifact(data_dir, tmp_path_factory) -> Path:
     with (out / "qrels" / "train.tsv").open("w") as f:
         f.writelines("\t".join(r) + "\n" for r in [header, *qrels])
     return out
+
+
+@pytest.fixture(scope="session")
+def judged_scifact(mini_scifact, tmp_path_factory) -> Path:
+    """mini_scifact with its 60 judged queries and their 55 positive documents but only 25 of its
+    240 other documents: for tests that encode the corpus and check what does not depend on its
+    size (which queries get scored or mined, where negatives come from)."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("judged-scifact")
+    shutil.copytree(mini_scifact / "qrels", out / "qrels")
+    shutil.copy(mini_scifact / "queries.jsonl", out / "queries.jsonl")
+    judged = {row.split("\t")[1] for row in (out / "qrels" / "train.tsv").read_text().splitlines()}
+    lines = (mini_scifact / "corpus.jsonl").read_text().splitlines(keepends=True)
+    ids = [str(doc.get("_id", doc.get("id"))) for doc in map(json.loads, lines)]
+    positives = [line for line, i in zip(lines, ids) if i in judged]
+    others = [line for line, i in zip(lines, ids) if i not in judged][:25]
+    (out / "corpus.jsonl").write_text("".join(positives + others))
+    return out

@@ -1,8 +1,6 @@
 """Named evaluation tasks end to end: the published zero-shot figure, SemEval folders, errors."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -71,23 +69,6 @@ def test_all_runs_present_tasks_and_lists_the_rest(data_dir):
 
 
 # --- beir:DIR[:split] ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def judged_scifact(mini_scifact, tmp_path_factory) -> Path:
-    """The mini SciFact slice with all its 60 judged queries and their 55 positive documents but
-    25 of its 240 other documents: which judgements get scored does not depend on the corpus
-    size, and the test below encodes the corpus twice (the CLI's run and the reference)."""
-    out = tmp_path_factory.mktemp("judged-scifact")
-    shutil.copytree(mini_scifact / "qrels", out / "qrels")
-    shutil.copy(mini_scifact / "queries.jsonl", out / "queries.jsonl")
-    judged = {line.split("\t")[1] for line in (out / "qrels" / "train.tsv").read_text().splitlines()}
-    docs = [(line, json.loads(line)) for line in (mini_scifact / "corpus.jsonl").open()]
-    is_judged = [str(doc.get("_id", doc.get("id"))) in judged for _, doc in docs]
-    positives = [line for (line, _), yes in zip(docs, is_judged) if yes]
-    others = [line for (line, _), yes in zip(docs, is_judged) if not yes][:25]
-    (out / "corpus.jsonl").write_text("".join(positives + others))
-    return out
 
 
 def test_beir_task_with_a_split_scores_every_judgement_of_that_qrels_file(judged_scifact, tmp_path,

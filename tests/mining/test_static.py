@@ -49,15 +49,15 @@ def test_cli_bm25_on_scifact_trains_as_format_c(tmp_path, data_dir, capsys):
     assert sorted(sampled["negative"]) == sorted(rows[0]["negative"])
 
 
-def test_cli_minilm_on_a_small_scifact_writes_parquet(tmp_path, mini_scifact, capsys):
-    config = job(tmp_path, {"beir": str(mini_scifact), "window": [2, 30], "k": 3, "pick": "top"})
+def test_cli_minilm_on_a_small_scifact_writes_parquet(tmp_path, judged_scifact, capsys):
+    config = job(tmp_path, {"beir": str(judged_scifact), "window": [2, 30], "k": 3, "pick": "top"})
     out = tmp_path / "negatives.parquet"
     rc = main(["mine", "--config", config, "--output", str(out), "--model", "all-MiniLM-L6-v2",
                "mining.max_length=32"])
     assert rc == 0
     assert "all-MiniLM-L6-v2" in capsys.readouterr().out
     rows = pq.read_table(out).to_pylist()
-    qrels = load_beir(mini_scifact).qrels
+    qrels = load_beir(judged_scifact).qrels
     assert len({r["query_id"] for r in rows}) == 48  # 60 judged queries minus the 20% holdout
     for row in rows:
         assert len(row["negative"]) == 3
@@ -130,14 +130,14 @@ def test_manifest_records_the_negatives_difficulty(tmp_path, mini_scifact):
     assert read_version(folder)[1]["stats"] == manifest["stats"]  # survives the JSON round trip
 
 
-def test_warm_start_from_the_model_name_publishes_v0_mined_by_that_model(tmp_path, mini_scifact):
+def test_warm_start_from_the_model_name_publishes_v0_mined_by_that_model(tmp_path, judged_scifact):
     """mining.warm_start=<model.name_or_path> (bench/scifact_ance.py's static-model arm)."""
     from angle_ray.config import config_from_dict
     from angle_ray.mining.publish import list_versions, read_version
     from angle_ray.mining.task import load_mining_task
     from angle_ray.mining.training_setup import warm_start
 
-    job = config_from_dict({"mining": {"beir": str(mini_scifact), "k": 2, "window": [3, 30],
+    job = config_from_dict({"mining": {"beir": str(judged_scifact), "k": 2, "window": [3, 30],
                                        "max_length": 24, "warm_start": "all-MiniLM-L6-v2"}})
     warm_start(job, load_mining_task(job.mining), tmp_path / "negatives")
     (step, folder), = list_versions(tmp_path / "negatives")
