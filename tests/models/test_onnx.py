@@ -25,6 +25,10 @@ from angle_ray.models.onnx_export import (
 PROMPTS = {"query": "query: {text}"}
 
 
+# tests that use the module's MiniLM ONNX export (~20 s on 2 cores) are slow
+USES_EXPORT = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def stsb_test_sentences(data_dir) -> list[str]:
     """60 real STS-B test sentences (both sides of the first 30 pairs)."""
@@ -49,6 +53,7 @@ def fp32_runner(onnx_dir):
     return OnnxEmbedder(onnx_dir)
 
 
+@USES_EXPORT
 def test_fp32_onnx_matches_pytorch_on_stsb(prompted_minilm, fp32_runner, stsb_test_sentences):
     expected = encode(prompted_minilm, stsb_test_sentences, show_progress=False)
     got = fp32_runner.encode(stsb_test_sentences, batch_size=16, normalize=False)
@@ -59,6 +64,7 @@ def test_fp32_onnx_matches_pytorch_on_stsb(prompted_minilm, fp32_runner, stsb_te
     assert np.abs(unit - expected_unit).max() < 1e-4
 
 
+@USES_EXPORT
 def test_int8_stays_within_cosine_098_of_fp32_per_sentence(onnx_dir, fp32_runner, stsb_test_sentences):
     int8 = OnnxEmbedder(onnx_dir, variant="int8").encode(stsb_test_sentences)
     fp32 = fp32_runner.encode(stsb_test_sentences)
@@ -69,6 +75,7 @@ def test_int8_stays_within_cosine_098_of_fp32_per_sentence(onnx_dir, fp32_runner
     assert (onnx_dir / ONNX_DIR / INT8_FILE).stat().st_size < 0.7 * fp32_size
 
 
+@USES_EXPORT
 @pytest.mark.parametrize("batch", [1, 7])
 def test_batch_and_sequence_axes_are_dynamic(onnx_dir, prompted_minilm, stsb_test_sentences, batch):
     session = ort.InferenceSession(str(onnx_dir / ONNX_DIR / "model.onnx"))
@@ -89,6 +96,7 @@ def test_batch_and_sequence_axes_are_dynamic(onnx_dir, prompted_minilm, stsb_tes
     assert len(lengths) == 2  # the two rounds really ran at different sequence lengths
 
 
+@USES_EXPORT
 def test_graph_declares_symbolic_batch_and_sequence_axes(onnx_dir):
     graph = onnx.load(str(onnx_dir / ONNX_DIR / "model.onnx"), load_external_data=False).graph
     for tensor in graph.input:
@@ -96,6 +104,7 @@ def test_graph_declares_symbolic_batch_and_sequence_axes(onnx_dir):
         assert [d.dim_param != "" for d in dims] == [True, True], tensor.name
 
 
+@USES_EXPORT
 def test_folder_layout_and_metadata(onnx_dir):
     meta = read_onnx_meta(onnx_dir)
     assert meta["files"] == {"fp32": "model.onnx", "int8": INT8_FILE}
@@ -106,6 +115,7 @@ def test_folder_layout_and_metadata(onnx_dir):
         assert (onnx_dir / name).is_file(), name
 
 
+@USES_EXPORT
 def test_runner_applies_saved_prompts(fp32_runner, stsb_test_sentences):
     texts = stsb_test_sentences[:3]
     np.testing.assert_allclose(fp32_runner.encode(texts, prompt_name="query"),
@@ -119,6 +129,7 @@ def test_folder_without_onnx_files_is_named_in_the_error(tmp_path):
         OnnxEmbedder(tmp_path)
 
 
+@USES_EXPORT
 def test_sentence_transformers_onnx_backend_loads_the_folder(onnx_dir, stsb_test_sentences):
     # needs optimum's onnxruntime models, which pin transformers < 4.58: not installable beside
     # this project's transformers 5; checked by hand in a side environment (see onnx_export.py)
@@ -142,6 +153,7 @@ def test_causal_lm_with_left_padding_and_last_token_pooling_exports(tiny_llm_dir
         assert np.abs(runner.encode(texts, batch_size=batch_size, normalize=False) - expected).max() < 1e-4
 
 
+@USES_EXPORT
 def test_model_card_of_an_onnx_folder_has_a_runnable_onnxruntime_snippet(onnx_dir, fp32_runner):
     import contextlib
     import io

@@ -141,6 +141,7 @@ def _train_steps(strategy: str, dtype: str, batch):
     return losses, model, engine.optimizer, seen[0]
 
 
+@pytest.mark.slow  # bf16 matmuls are emulated where the CPU has no native bf16: ~30 s each
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
 def test_bf16_training_loss_tracks_fp32_with_fp32_master_weights(gloo_world_of_one, stsb_batch,
                                                                   strategy):
