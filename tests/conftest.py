@@ -90,7 +90,8 @@ def mini_scifact(data_dir, tmp_path_factory) -> Path:
     keep_q = sorted({q for q, _, _ in qrels})[:60]
     qrels = [r for r in qrels if r[0] in keep_q]
     positives = {d for _, d, _ in qrels}
-    docs = [json.loads(line) for line in gzip.open(src / "corpus.jsonl.gz", "rt")]
+    with gzip.open(src / "corpus.jsonl.gz", "rt") as f:
+        docs = [json.loads(line) for line in f]
     others = [d for d in docs if str(d.get("_id", d.get("id"))) not in positives][:240]
     chosen = [d for d in docs if str(d.get("_id", d.get("id"))) in positives] + others
     out = tmp_path_factory.mktemp("mini-scifact")

@@ -35,7 +35,8 @@ def _alive_encoders():
 
 @pytest.mark.slow  # a Ray Data encoder actor pool
 def test_a_killed_encoder_actor_is_replaced_and_the_refresh_completes(ray_local, data_dir):
-    docs = [json.loads(line) for line in gzip.open(data_dir / "scifact" / "corpus.jsonl.gz", "rt")]
+    with gzip.open(data_dir / "scifact" / "corpus.jsonl.gz", "rt") as f:
+        docs = [json.loads(line) for line in f]
     texts = [f"{d['title']} {d['text']}" for d in docs[:800]]
     pool = PoolConfig(min_actors=1, max_actors=1, cpus_per_actor=0.5, batch_size=16)
     result, errors = {}, []
@@ -44,7 +45,7 @@ def test_a_killed_encoder_actor_is_replaced_and_the_refresh_completes(ray_local,
         try:
             result["run"] = encode_with_pool("all-MiniLM-L6-v2", texts, ModelConfig(), pool,
                                              max_length=96)
-        except Exception as err:  # surfaced by the assertion below
+        except Exception as err:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(err)
 
     worker = threading.Thread(target=refresh)
