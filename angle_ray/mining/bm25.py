@@ -20,9 +20,16 @@ from angle_ray.mining.task import MiningTask
 
 
 def _top_sorted(scores: np.ndarray, top: int) -> np.ndarray:
-    """Indices of the ``top`` highest scores, best first; ties broken by the lower doc index."""
-    part = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
-    return part[np.lexsort((part, -scores[part]))]
+    """Indices of the ``top`` highest scores, best first; ties broken by the lower doc index,
+    at the cut too (argpartition alone keeps an arbitrary few of the scores tied there), so a
+    shorter list is always a prefix of a longer one."""
+    if top >= len(scores):
+        chosen = np.arange(len(scores))
+    else:
+        cut = np.partition(scores, len(scores) - top)[len(scores) - top]  # the top-th highest
+        above = np.flatnonzero(scores > cut)
+        chosen = np.concatenate([above, np.flatnonzero(scores == cut)[:top - len(above)]])
+    return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
 def bm25_candidates(task: MiningTask, top: int, show_progress: bool = False) -> Candidates:

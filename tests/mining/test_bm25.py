@@ -5,7 +5,7 @@ from __future__ import annotations
 import bm25s
 import numpy as np
 
-from angle_ray.mining.bm25 import bm25_candidates
+from angle_ray.mining.bm25 import _top_sorted, bm25_candidates
 from angle_ray.mining.task import MiningTask
 
 
@@ -52,3 +52,16 @@ def test_tiny_corpus_pads_and_empty_query_scores_zero():
     assert c.idx.shape == (2, 5) and (c.idx[:, 3:] == -1).all() and np.isneginf(c.scores[:, 3:]).all()
     assert c.idx[0, 0] == 0 and c.pos_scores[0] == c.scores[0, 0] > 0
     assert (c.scores[1, :3] == 0).all() and c.pos_scores[1] == 0  # only stopwords: no match
+
+
+def test_top_lists_break_ties_by_the_lower_index_even_at_the_cut():
+    scores = np.array([1.0, 3.0, 1.0, 3.0, 1.0, 2.0], dtype=np.float32)
+    assert _top_sorted(scores, 4).tolist() == [1, 3, 5, 0]  # of the three 1.0s, index 0
+    assert _top_sorted(scores, 10).tolist() == [1, 3, 5, 0, 2, 4]
+    # many ties (BM25 gives 0 to every document without a query term): each list is a prefix
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 4, size=500).astype(np.float32)
+    full = _top_sorted(many, 500)
+    for top in (1, 7, 50, 123, 499):
+        assert _top_sorted(many, top).tolist() == full[:top].tolist()
+
