@@ -5,8 +5,9 @@
     train = tokenized_epochs(rows, ds_cfg, model_cfg, fmt, epochs=3, seed=42)
 
 Nothing here collects the corpus on the driver: rows flow through Ray tasks in blocks, and the
-driver only sees counts (a small local corpus is checked block by block in the driver itself). Each row keeps its source ("file:line") so a bad row raised inside a
-Ray task still names the file, the line and the field in the error the user sees.
+driver only sees counts (a small local corpus is checked block by block in the driver itself).
+Each row keeps its source ("file:line") so a bad row raised inside a Ray task still names the
+file, the line and the field in the error the user sees.
 
 Training rows leave the stream as token ids (Ray Data cannot carry strings to torch): one
 variable-length int32 array per text role (`text1_ids`, `query_ids`, `negative_0_ids`, ...;
@@ -161,10 +162,8 @@ class CorpusCheck:
 
 def _local_bytes(files: list[str]) -> int:
     """Bytes on disk of the corpus files (a datasets folder counts every file under it)."""
-    total = 0
-    for f in map(Path, files):
-        total += sum(c.stat().st_size for c in f.rglob("*") if c.is_file()) if f.is_dir() else f.stat().st_size
-    return total
+    paths = [c for f in map(Path, files) for c in (f.rglob("*") if f.is_dir() else [f])]
+    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 def _bad_marks(ds_cfg: DatasetConfig, fmt: str, normalised, in_process: bool | None):

@@ -56,27 +56,29 @@ class QueueReportCallback(UserCallback):
         self.reports.put({"metrics": m, "checkpoint": checkpoint.path if checkpoint else None})
 
 
-def checkpoint_state() -> dict | None:
-    """The state saved with the Tune checkpoint this trial was (re)started from
-    ({"step", "trial_id", "metrics"}); None on a trial's first start."""
+def warm_start(trials_dir: Path, trial_id: str, max_steps: int) -> dict | None:
+    """The Tune checkpoint this trial was (re)started from, opened once: None on a first start,
+    else {"model", "step": donor step, "from_trial": donor, "metrics": donor's metrics}.
+
+    With steps left, its model is unpacked into the next generation's run folder
+    (`<trial>-gN/init_model/`, beside `warm_start.json` holding this dict) and "model" names it.
+    A checkpoint already at `max_steps` (Tune restarted a trial paused after its last report)
+    is not unpacked: "model" is None and no run folder is made."""
     ckpt = tune.get_checkpoint()
     if ckpt is None:
         return None
     with ckpt.as_directory() as folder:
-        return json.loads((Path(folder) / STATE).read_text())
-
-
-def warm_start(run_dir: Path, state: dict) -> dict:
-    """Unpack the Tune checkpoint's model into the new run folder (`init_model/`, and
-    `warm_start.json` saying whose weights at which step):
-    {"model": folder, "step": donor step, "from_trial": donor, "metrics": donor's metrics}."""
-    with tune.get_checkpoint().as_directory() as folder:
+        state = json.loads((Path(folder) / STATE).read_text())
+        start = {"model": None, "step": int(state["step"]), "from_trial": state.get("trial_id"),
+                 "metrics": state.get("metrics", {})}
+        if start["step"] >= max_steps:
+            return start
+        run_dir = trials_dir / next_run_name(trials_dir, trial_id)
         target = run_dir / "init_model"
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(Path(folder) / MODEL, target)
-    start = {"model": str(target), "step": int(state["step"]), "from_trial": state.get("trial_id"),
-             "metrics": state.get("metrics", {})}
+    start["model"] = str(target)
     (run_dir / "warm_start.json").write_text(json.dumps(start))
     return start
 
@@ -118,17 +120,14 @@ def run_pbt_trial(sweep: Sweep, values: dict, trial_id: str) -> None:
         raise ValueError("PBT trials need train.max_steps (steps count on across generations)")
     every = first_eval_step(cfg)
     train = {"checkpoint_every": every, "eval_every": every}
-    start = None
     # exploited (or retried, or resumed): continue from the weights Tune hands over
-    state = checkpoint_state()
-    if state is not None:
-        if int(state["step"]) >= cfg.train.max_steps:
-            # Tune restarted a trial from its final checkpoint (paused after its last report):
-            # nothing is left to train (no new run folder); one more step would overshoot
-            tune.report(state.get("metrics", {}))
+    start = warm_start(trials_dir, trial_id, cfg.train.max_steps)
+    if start is not None:
+        if start["model"] is None:
+            # restarted from its final checkpoint: one more step would count past the budget
+            tune.report(start["metrics"])
             return
-        train["name"] = next_run_name(trials_dir, trial_id)
-        start = warm_start(trials_dir / train["name"], state)
+        train["name"] = Path(start["model"]).parent.name
         train["max_steps"] = cfg.train.max_steps - start["step"]
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"name_or_path": start["model"]})})
