@@ -76,15 +76,6 @@ class RoleBatch:
         return self.input_ids.shape[0] // len(self.roles)
 
 
-def ragged(seqs: Iterable) -> np.ndarray:
-    """Variable-length int32 token-id arrays as one object array (a ragged column)."""
-    seqs = list(seqs)
-    arr = np.empty(len(seqs), dtype=object)
-    for i, s in enumerate(seqs):
-        arr[i] = np.asarray(s, dtype=np.int32)
-    return arr
-
-
 def pad(batch: TokenBatch, pad_id: int, left_pad: bool) -> RoleBatch:
     """Stack every role's token ids into one padded [R*B, T] tensor (+ mask, hashes, labels)."""
     role_names = batch.roles

@@ -15,7 +15,13 @@ own keys (`loss_keys`): Format C's negatives stacked into one [N, k, ...] tensor
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("A", "B", "C")
 TEXT1, TEXT2 = "text1", "text2"
@@ -59,6 +65,15 @@ def hash_column(role: str) -> str:
     return f"{role}_hash"
 
 
+def ragged(seqs: Iterable) -> np.ndarray:
+    """Variable-length int32 token-id arrays as one object array (a ragged column)."""
+    seqs = list(seqs)
+    arr = np.empty(len(seqs), dtype=object)
+    for i, s in enumerate(seqs):
+        arr[i] = np.asarray(s, dtype=np.int32)
+    return arr
+
+
 def record_texts(record: dict, fmt: str, num_negatives: int = 1) -> list[str]:
     """A normalised record's texts in `roles(fmt, num_negatives)` order.
 
@@ -81,6 +96,8 @@ def to_loss_layout(rows: torch.Tensor, fmt: str, num_roles: int) -> dict[str, to
     and negative [N, k, ...] with k = R - 2. The per-role tensors are views of `rows`; only
     Format C's negatives are stacked into a new tensor.
     """
+    import torch  # here, not at the top: Ray Data tasks import this module for the role names
+
     if rows.shape[0] % num_roles:
         raise ValueError(f"{rows.shape[0]} rows do not split into {num_roles} roles")
     n = rows.shape[0] // num_roles
@@ -97,6 +114,8 @@ def to_loss_layout(rows: torch.Tensor, fmt: str, num_roles: int) -> dict[str, to
 
 def from_loss_layout(per_key: dict[str, torch.Tensor], fmt: str) -> torch.Tensor:
     """The inverse of `to_loss_layout`: the loss's layout -> stacked rows [R*N, ...]."""
+    import torch  # see to_loss_layout
+
     keys = loss_keys(fmt)
     if fmt != "C":
         return torch.cat([per_key[k] for k in keys])

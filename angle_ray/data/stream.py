@@ -30,11 +30,10 @@ import numpy as np
 import pyarrow as pa
 
 from angle_ray.config import DatasetConfig, ModelConfig
-from angle_ray.data.collate import ragged
 from angle_ray.data.errors import DataError
 from angle_ray.data.formats import BadRowReport, RowNormaliser, sample_record
 from angle_ray.data.readers import iter_rows, list_files
-from angle_ray.data.roles import LABEL, hash_column, ids_column, record_texts, roles
+from angle_ray.data.roles import LABEL, hash_column, ids_column, ragged, record_texts, roles
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import torch
 import torch.distributed as dist
 
 from angle_ray.config import MiningConfig, ModelConfig
-from angle_ray.data.collate import TokenBatch, ragged
-from angle_ray.data.roles import NEGATIVE, QUERY
+from angle_ray.data.collate import TokenBatch
+from angle_ray.data.roles import NEGATIVE, QUERY, ragged
 from angle_ray.data.stream import text_hash
 from angle_ray.mining.publish import latest_version, read_version
 from angle_ray.models.backbone import load_tokenizer

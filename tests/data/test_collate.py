@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from angle_ray.data.collate import TokenBatch, length_grouped_batches, pad, ragged
+from angle_ray.data.collate import TokenBatch, length_grouped_batches, pad
+from angle_ray.data.roles import ragged
 
 
 def _columns(lengths_a, lengths_b):

@@ -10,7 +10,8 @@ import pytest
 import torch.distributed as dist
 
 from angle_ray.config import ModelConfig, config_from_dict
-from angle_ray.data.collate import TokenBatch, pad, ragged
+from angle_ray.data.collate import TokenBatch, pad
+from angle_ray.data.roles import ragged
 from angle_ray.data.stream import text_hash
 from angle_ray.models.backbone import build_model, load_embedding_model
 

@@ -24,8 +24,8 @@ def _loss_and_grads(config):
     import ray.train
 
     from angle_ray.config import LossConfig, ModelConfig, TrainConfig
-    from angle_ray.data.collate import TokenBatch, pad, ragged
-    from angle_ray.data.roles import to_loss_layout
+    from angle_ray.data.collate import TokenBatch, pad
+    from angle_ray.data.roles import ragged, to_loss_layout
     from angle_ray.data.stream import text_hash
     from angle_ray.losses import build_loss
     from angle_ray.models.backbone import build_model

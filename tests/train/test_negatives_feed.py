@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from angle_ray.config import MiningConfig, ModelConfig
-from angle_ray.data.collate import TokenBatch, pad, ragged
+from angle_ray.data.collate import TokenBatch, pad
+from angle_ray.data.roles import ragged
 from angle_ray.data.stream import text_hash
 from angle_ray.mining.publish import publish_version
 from angle_ray.models.backbone import load_tokenizer

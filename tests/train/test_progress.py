@@ -47,3 +47,30 @@ def test_progress_line_shows_eta_from_the_steps_done_since_the_start():
     line = progress_line(m, elapsed=20.0, start_step=10)  # 20 steps in 20 s: 20 s left
     assert "step 30/50" in line and "loss 0.5000" in line and "dev 80.00" in line
     assert line.endswith("ETA 0:20")
+
+
+def test_scalar_writer_events_read_back_with_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from angle_ray.train.progress import ScalarWriter
+
+    writer = ScalarWriter(tmp_path)
+    writer.add_scalars({"loss": 2.5, "dev_metric": 81.25}, step=2)
+    writer.add_scalars({"loss": 1.5}, step=4)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["dev_metric", "loss"]
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(2, 2.5), (4, 1.5)]
+    assert [(e.step, e.value) for e in events.Scalars("dev_metric")] == [(2, 81.25)]
+
+
+def test_modules_loaded_by_ray_trains_controller_and_data_actors_do_not_import_torch():
+    # they deserialize the progress callback and the stream's read/normalise functions: torch
+    # there would cost every run start ~2 s of CPU per process
+    import subprocess
+    import sys
+
+    code = ("import sys, angle_ray.train.progress, angle_ray.data.stream; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from angle_ray.config import LossConfig, ModelConfig, TrainConfig
-from angle_ray.data.collate import TokenBatch, pad, ragged
+from angle_ray.data.collate import TokenBatch, pad
+from angle_ray.data.roles import ragged
 from angle_ray.data.stream import text_hash
 from angle_ray.losses import build_loss
 from angle_ray.models.backbone import build_model
