@@ -30,10 +30,10 @@ def ance_job(tmp_path, beir: Path, **mining):
 
 
 def test_refresh_every_n_steps_trains_on_several_versions_within_the_staleness_bound(
-        ray_local, tmp_path, mini_scifact):
+        ray_local, tmp_path, judged_scifact):
     # refresh every 4 steps; training may run at most 6 steps past its negatives' checkpoint,
     # so it must pick up refreshed versions (and wait for them if they are late)
-    run = run_training(ance_job(tmp_path, mini_scifact, max_staleness=6))
+    run = run_training(ance_job(tmp_path, judged_scifact, max_staleness=6))
     rows = read_metrics(run.run_dir)
     assert [int(r["step"]) for r in rows] == list(range(1, 15))
     versions = [int(float(r["neg/version"])) for r in rows]
@@ -51,7 +51,7 @@ def test_refresh_every_n_steps_trains_on_several_versions_within_the_staleness_b
     rows_v, manifest = read_version(list_versions(run.run_dir / "negatives")[-1][1])
     assert manifest["kind"] == "refresh" and manifest["step"] > 0
     qrels = {}
-    for line in (mini_scifact / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+    for line in (judged_scifact / "qrels" / "train.tsv").read_text().splitlines()[1:]:
         q, d, _ = line.split("\t")
         qrels.setdefault(q, set()).add(d)
     for row in rows_v:

@@ -158,3 +158,15 @@ def test_bf16_training_loss_tracks_fp32_with_fp32_master_weights(gloo_world_of_o
     states = [optimizer.state[p] for p in model.parameters() if p in optimizer.state]
     assert len(states) == sum(1 for _ in model.parameters())  # every parameter stepped
     assert {s[k].dtype for s in states for k in ("exp_avg", "exp_avg_sq")} == {torch.float32}
+
+
+def test_deepspeed_on_cpu_starts_without_compiling_its_shared_memory_all_reduce(
+        gloo_world_of_one, tmp_path, monkeypatch):
+    import deepspeed.comm.comm as ds_comm
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # where a compile would write
+    model = build_model(ModelConfig(max_length=16))
+    engine = make_engine(model, TrainConfig(strategy="deepspeed", zero_stage=0), 2, CPU)
+    assert engine.engine is not None
+    assert ds_comm.cdb is not None and ds_comm.cdb.shm_comm_op is None
+    assert list(tmp_path.iterdir()) == []
