@@ -133,7 +133,7 @@ def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
     }
 
 
-def skip_shm_comm_op() -> None:
+def _skip_shm_comm_op() -> None:
     """Keeps DeepSpeed from compiling its shared-memory all-reduce (g++ and ninja, 30-60 s of
     both cores per fresh environment or node; measured 50 s here) when it sets up communication
     on CPU. Only DeepSpeed's inference all-reduce uses that op; training reduces through
@@ -149,7 +149,7 @@ class DeepSpeedEngine:
                  precision: Precision):
         import deepspeed
 
-        skip_shm_comm_op()
+        _skip_shm_comm_op()
         self.cfg = cfg
         self.model = model
         self.device = device

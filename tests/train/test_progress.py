@@ -1,11 +1,14 @@
 """The worker's metrics window, metrics.csv written by the controller side and read back."""
 
 import math
+import subprocess
+import sys
 import time
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from angle_ray.train.progress import MetricsCsv, progress_line, read_metrics
+from angle_ray.train.progress import MetricsCsv, ScalarWriter, progress_line, read_metrics
 from angle_ray.train.reporting import Window
 from angle_ray.train.step import StepResult
 
@@ -50,10 +53,6 @@ def test_progress_line_shows_eta_from_the_steps_done_since_the_start():
 
 
 def test_scalar_writer_events_read_back_with_tensorboard(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from angle_ray.train.progress import ScalarWriter
-
     writer = ScalarWriter(tmp_path)
     writer.add_scalars({"loss": 2.5, "dev_metric": 81.25}, step=2)
     writer.add_scalars({"loss": 1.5}, step=4)
@@ -67,9 +66,6 @@ def test_scalar_writer_events_read_back_with_tensorboard(tmp_path):
 def test_modules_loaded_by_ray_trains_controller_and_data_actors_do_not_import_torch():
     # they deserialize the progress callback and the stream's read/normalise functions: torch
     # there would cost every run start ~2 s of CPU per process
-    import subprocess
-    import sys
-
     code = ("import sys, angle_ray.train.progress, angle_ray.data.stream; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
