@@ -6,6 +6,7 @@ and how hard each published negatives version was.
     export HF_HUB_OFFLINE=1
     python bench/scifact_ance.py                           # 6 arms x 3 seeds: hours on 2 CPU cores
     python bench/scifact_ance.py --seeds 0 --arms ibn,ance-bm25 --steps 60
+    python bench/scifact_ance.py --resume     # reuse the finished runs in --out, train the rest
     python bench/scifact_ance.py --zero-shot-lengths 128,192,256   # zero-shot only, then exit
     python bench/scifact_ance.py --zero-shot-lengths 64,128 --docs 400   # a quick smoke slice
 
@@ -38,9 +39,11 @@ so no version is pruned): mean 1-based rank of the mined negatives, mean (weakes
 score - negative's score) in the retriever's units (BM25 or cosine: compare within a source),
 and the % of negatives that were random fills.
 
-Output (--out, default runs/bench_scifact_ance): <out>/seed<N>/<arm>/ (one run folder each; the
-script refuses to start if one exists, since a finished run would be resumed and train nothing),
-results.json (every per-seed figure), dev_ndcg.png. ance_refresh.py --runs reads the runs of
+Output (--out, default runs/bench_scifact_ance): <out>/seed<N>/<arm>/ (one run folder each, with
+bench_result.json once the run is evaluated; the script refuses to start over an existing folder,
+since a finished run would be resumed and train nothing, except with --resume, which reuses the
+finished runs made with the same settings and trains only the rest: the bench can be run a few
+seeds or arms at a time), zero_shot.json, results.json (every per-seed figure), dev_ndcg.png. ance_refresh.py --runs reads the runs of
 one seed: <out>/seed0.
 """
 
@@ -268,13 +271,35 @@ def train_and_evaluate(cfg: JobConfig, dev: DevSplit, eval_max_length: int,
             "curve": curve, "versions": version_difficulty(run.run_dir / NEGATIVES_DIR)}
 
 
-def check_fresh(out: Path, arms: list[str], seeds: list[int]) -> None:
-    """Refuse to start over existing run folders: a finished run would resume and train nothing."""
+RESULT_FILE = "bench_result.json"  # in a run folder: that run's figures, written when it ends
+
+
+def run_settings(arm: str, seed: int, args, out: Path, model_name: str) -> dict:
+    """Everything that decides one run's figures; a saved run is reused only if they match."""
+    return {"arm": arm, "seed": seed, "config": str(Path(args.config).resolve()),
+            "overrides": [*arm_overrides(arm, seed, args.steps, args.refresh_every,
+                                         args.eval_every, out, model_name), *args.overrides],
+            "eval_max_length": args.eval_max_length}
+
+
+def saved_result(run_dir: Path, settings: dict) -> dict | None:
+    """A finished run's figures if they were made with `settings`, else None."""
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["result"] if saved.get("settings") == settings else None
+
+
+def check_fresh(out: Path, arms: list[str], seeds: list[int], reusable: frozenset = frozenset()
+                ) -> None:
+    """Refuse to start over existing run folders (a finished run would resume and train nothing),
+    except the `reusable` ones (--resume: finished runs of the same settings)."""
     taken = [out / f"seed{s}" / a for a in arms if a != ZERO_SHOT for s in seeds
-             if (out / f"seed{s}" / a).exists()]
+             if (out / f"seed{s}" / a).exists() and out / f"seed{s}" / a not in reusable]
     if taken:
         raise SystemExit(f"run folder(s) exist: {', '.join(map(str, taken))}; pass another --out "
-                         "or delete them")
+                         "or delete them (--resume reuses only finished runs of the same settings)")
 
 
 def zero_shot_lengths(cfg: JobConfig, lengths: list[int], docs: int | None, out: Path) -> None:
@@ -311,6 +336,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs", type=int, default=None,
                    help="with --zero-shot-lengths: the first N docs (+ dev positives) only")
     p.add_argument("--out", default="runs/bench_scifact_ance")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished runs (and zero-shot figures) in --out made with the "
+                        "same settings; train only the missing ones (the bench takes hours)")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides for every arm")
     args = p.parse_args(argv)
     args.eval_every = args.eval_every or args.refresh_every
@@ -324,26 +352,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def zero_shot_figures(args, base: JobConfig, dev: DevSplit, zero, out: Path) -> dict:
+    """The zero-shot dev nDCG@10 at the job's length, one timed dev evaluation at a worker's
+    thread count (the wall-time correction) and the zero-shot arm's metrics; kept in
+    <out>/zero_shot.json and reused by --resume when the settings match (~10 min here)."""
+    settings = {"model": base.model.name_or_path, "dev_max_length": base.model.max_length,
+                "threads": int(base.train.cpus_per_worker), "eval_max_length": args.eval_max_length}
+    path = out / "zero_shot.json"
+    if args.resume and path.exists():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == settings:
+            return saved["figures"]
+    zs_dev, dev_eval_s = timed_dev_eval(zero, dev, settings["dev_max_length"], settings["threads"])
+    figures = {"dev_ndcg@10": zs_dev, "dev_eval_s": dev_eval_s,
+               "metrics": evaluate_dev(zero, dev, args.eval_max_length)[0]}
+    path.write_text(json.dumps({"settings": settings, "figures": figures}, indent=1))
+    return figures
+
+
+def run_arm_seed(args, arm: str, seed: int, base: JobConfig, dev: DevSplit, out: Path,
+                 dev_eval_s: float) -> dict:
+    """One trained run's figures: reused from its folder under --resume, else trained now and
+    saved there (<out>/seed<N>/<arm>/bench_result.json) the moment it ends."""
+    settings = run_settings(arm, seed, args, out, base.model.name_or_path)
+    run_dir = out / f"seed{seed}" / arm
+    result = saved_result(run_dir, settings) if args.resume else None
+    if result is not None:
+        print(f"[bench] {arm} seed {seed}: reused from {run_dir / RESULT_FILE}", flush=True)
+        return result
+    cfg = load_config(args.config, settings["overrides"])
+    result = train_and_evaluate(cfg, dev, args.eval_max_length, dev_eval_s)
+    (run_dir / RESULT_FILE).write_text(json.dumps({"settings": settings, "result": result},
+                                                  indent=1))
+    print(f"[bench] {arm} seed {seed}: " + json.dumps(
+        {k: result[k] for k in [*METRICS, "train_s", "run_s"]}), flush=True)
+    return result
+
+
 def run_arms(args, base: JobConfig, out: Path) -> dict:
-    """Every arm x seed; results.json is rewritten after each run."""
+    """Every arm x seed; results.json is rewritten after each arm."""
     dev = load_dev_split(base)
-    dev_len = base.model.max_length
     zero = load_model(base.model.name_or_path, base=base.model)
-    zs_dev, dev_eval_s = timed_dev_eval(zero, dev, dev_len, int(base.train.cpus_per_worker))
-    results = {"setup": {k: v for k, v in vars(args).items()}, "dev_max_length": dev_len,
-               "zero_shot_dev_ndcg@10": zs_dev, "dev_eval_s": dev_eval_s, "arms": {}}
-    init_ray()
+    zs = zero_shot_figures(args, base, dev, zero, out)
+    results = {"setup": {k: v for k, v in vars(args).items()},
+               "dev_max_length": base.model.max_length,
+               "zero_shot_dev_ndcg@10": zs["dev_ndcg@10"], "dev_eval_s": zs["dev_eval_s"],
+               "arms": {}}
+    if any(a != ZERO_SHOT for a in args.arms):
+        init_ray()
     for arm in args.arms:
-        per_seed: dict[str, dict] = {}
-        if arm == ZERO_SHOT:
-            per_seed["none"] = {**evaluate_dev(zero, dev, args.eval_max_length)[0], "train_s": 0.0}
-        for seed in [] if arm == ZERO_SHOT else args.seeds:
-            overrides = arm_overrides(arm, seed, args.steps, args.refresh_every, args.eval_every,
-                                      out, base.model.name_or_path)
-            cfg = load_config(args.config, [*overrides, *args.overrides])
-            per_seed[str(seed)] = train_and_evaluate(cfg, dev, args.eval_max_length, dev_eval_s)
-            print(f"[bench] {arm} seed {seed}: " + json.dumps(
-                {k: per_seed[str(seed)][k] for k in [*METRICS, "train_s", "run_s"]}), flush=True)
+        per_seed = ({"none": {**zs["metrics"], "train_s": 0.0}} if arm == ZERO_SHOT else
+                    {str(seed): run_arm_seed(args, arm, seed, base, dev, out, zs["dev_eval_s"])
+                     for seed in args.seeds})
         results["arms"][arm] = {"seeds": per_seed, "summary": summarize(per_seed)}
         (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
@@ -383,7 +443,11 @@ def main(argv: list[str] | None = None) -> None:
         lengths = [int(x) for x in args.zero_shot_lengths.split(",")]
         zero_shot_lengths(base, lengths, args.docs, out)
         return
-    check_fresh(out, args.arms, args.seeds)
+    finished = frozenset(
+        out / f"seed{s}" / a for a in args.arms if a != ZERO_SHOT for s in args.seeds
+        if args.resume and saved_result(out / f"seed{s}" / a, run_settings(
+            a, s, args, out, base.model.name_or_path)) is not None)
+    check_fresh(out, args.arms, args.seeds, reusable=finished)
     out.mkdir(parents=True, exist_ok=True)
     report(run_arms(args, base, out), out)
 

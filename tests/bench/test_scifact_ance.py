@@ -105,6 +105,27 @@ def test_check_fresh_names_an_existing_run_folder(bench, tmp_path):
         bench.check_fresh(tmp_path, ["zero-shot", "bm25"], [0, 1])
 
 
+
+def test_resume_reuses_a_finished_run_only_with_the_same_settings(bench, tmp_path):
+    args = bench.parse_args(["--config", CONFIG, "--seeds", "0", "--arms", "bm25", "--resume",
+                             "--out", str(tmp_path)])
+    model = load_config(CONFIG).model.name_or_path
+    settings = bench.run_settings("bm25", 0, args, tmp_path, model)
+    run_dir = tmp_path / "seed0" / "bm25"
+    run_dir.mkdir(parents=True)
+    assert bench.saved_result(run_dir, settings) is None  # a folder without figures: unfinished
+    result = {"ndcg@10": 70.0, "mrr@10": 65.0, "recall@100": 94.0, "train_s": 600.0,
+              "run_s": 700.0}
+    (run_dir / bench.RESULT_FILE).write_text(json.dumps({"settings": settings, "result": result}))
+    # reused as saved: no config is loaded and nothing trains (base/dev are not even needed)
+    assert bench.run_arm_seed(args, "bm25", 0, load_config(CONFIG), None, tmp_path, 1.0) == result
+    other = bench.parse_args(["--config", CONFIG, "--steps", "60", "--resume", "--out",
+                              str(tmp_path)])
+    assert bench.saved_result(run_dir, bench.run_settings("bm25", 0, other, tmp_path, model)) is None
+    bench.check_fresh(tmp_path, ["bm25"], [0], reusable=frozenset({run_dir}))
+    with pytest.raises(SystemExit, match="--resume"):
+        bench.check_fresh(tmp_path, ["bm25"], [0])
+
 def manifest(step, rank, margin, fills, source="bm25"):
     stats = {"negatives": 8, "filled_random": 0}
     if rank is not None:  # None: a manifest written before the difficulty fields existed
