@@ -177,6 +177,10 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     eval_every: int | None = Field(None, ge=1)
+    # dev metric at every checkpoint (the best-dev export picks among them); false: only every
+    # eval_every steps and at the last step (a dev pass over a large corpus can cost more than
+    # the steps between checkpoints, e.g. when ANCE refreshes checkpoint often)
+    eval_on_checkpoint: bool = True
     max_failures: int = Field(0, ge=-1)
     log_every: int = Field(10, ge=1)
     # examples per worker shuffled in a local buffer (streaming; 0 = stream order only)

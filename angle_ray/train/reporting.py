@@ -2,8 +2,10 @@
 
 `Reporter.after_step` adds each step to a `Window` and, every `train.log_every` steps (losses,
 throughput, steps per stream, negatives), every `train.checkpoint_every` steps and at the end
-(a checkpoint, with the dev metric when there is a dev set), every `train.eval_every` steps
-(dev metric), calls `ray.train.report`. The controller side of those reports (live line,
+(a checkpoint, with the dev metric when there is a dev set and `train.eval_on_checkpoint`), every
+`train.eval_every` steps (dev metric), calls `ray.train.report`. A checkpoint reported without an
+evaluation carries dev_metric NaN: Ray Train ranks it below every evaluated one, so the best-dev
+export never picks it. The controller side of those reports (live line,
 metrics.csv, TensorBoard) is `angle_ray.train.progress`.
 """
 
@@ -59,6 +61,16 @@ class Window:
         return out
 
 
+def due(step: int, total: int, t, has_dev: bool) -> tuple[bool, bool, bool]:
+    """(logging, checkpointing, evaluating) after `step` of `total` steps, `t` = train config."""
+    last = step == total
+    logging = step % t.log_every == 0 or last
+    checkpointing = step % t.checkpoint_every == 0 or last
+    evaluating = has_dev and (last or (checkpointing and t.eval_on_checkpoint)
+                              or bool(t.eval_every and step % t.eval_every == 0))
+    return logging, checkpointing, evaluating
+
+
 class Reporter:
     """Decides, after each step, what to report; see the module doc."""
 
@@ -80,10 +92,8 @@ class Reporter:
         self.stream_steps[stream] += 1
         self.window.add(result, seconds)
         last = step == self.plan.total_steps
-        logging = step % t.log_every == 0 or last
-        checkpointing = step % t.checkpoint_every == 0 or last
-        evaluating = self.dev is not None and (
-            checkpointing or bool(t.eval_every and step % t.eval_every == 0))
+        logging, checkpointing, evaluating = due(step, self.plan.total_steps, t,
+                                                 self.dev is not None)
         if not (logging or checkpointing or evaluating):
             return
         metrics = self._metrics(step, self.engine.lr())
@@ -95,6 +105,8 @@ class Reporter:
                 metrics.update(self.feed.metrics(step))
         if evaluating:
             metrics["dev_metric"] = self.dev.run(self.engine, self.rank)
+        elif checkpointing and self.dev is not None:
+            metrics["dev_metric"] = float("nan")  # the checkpoint ranks last, see the module doc
         if checkpointing:
             save_and_report(self.engine, self.job, step, metrics, self.rank, last)
         else:

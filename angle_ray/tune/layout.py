@@ -62,5 +62,7 @@ class Sweep:
 def first_eval_step(cfg: JobConfig) -> int:
     """The step of a job's first dev evaluation: ASHA's first rung, PBT's checkpoint interval."""
     t = cfg.train
-    step = t.eval_every or t.checkpoint_every
+    step = t.eval_every or (t.checkpoint_every if t.eval_on_checkpoint else t.max_steps)
+    if step is None:  # only the last step is evaluated and the job sets no max_steps
+        return t.checkpoint_every
     return min(step, t.max_steps) if t.max_steps else step
