@@ -25,12 +25,16 @@ for every arm); the arms differ only in where the negatives come from:
 Dev split: `qrels/<split>.tsv` of `eval.retrieval_dev` split by query id (SciFact: 20% of
 qrels/train.tsv, seed 0), the same queries `mining.holdout_*` keeps out of training.
 
-The table: the model of each run's LAST checkpoint (step --steps), encoded at --eval-max-length and
-searched exactly against the whole corpus. Not the exported model: with a dev metric the driver
-exports the best-dev checkpoint, which would pick the winner on the very queries we report.
-The plot: the job's own dev evaluation during training (`dev_metric` in each run's metrics.csv:
-nDCG@10 x100 at `model.max_length`, every --eval-every steps and at every checkpoint), averaged
-over seeds; step 0 and the horizontal line are the zero-shot model at that same length.
+The table: the model of each run's LAST step (--steps), searched exactly against the whole
+corpus: by default the job's own dev evaluation at that step (metrics.csv: dev_metric = nDCG@10,
+dev/mrr@10, dev/recall@100, at `model.max_length`; no second encoding pass), or with
+--eval-max-length N the last checkpoint encoded again at N tokens. Not the exported model: with a
+dev metric the driver exports the best-dev checkpoint, which would pick the winner on the very
+queries we report.
+The plot: the job's own dev evaluation during training (`dev_metric` in each run's metrics.csv,
+every --eval-every steps (default: half of --steps) and at the last; checkpoints at the refresh
+cadence are not evaluated: `train.eval_on_checkpoint=false`), averaged over seeds; step 0 and
+the horizontal line are the zero-shot model at that same length.
 Wall s: run_training end to end (warm-start mining, steps, refreshes, checkpoints, export) minus
 the in-training dev evaluations, estimated as their count x the seconds one zero-shot dev
 evaluation takes here at the worker's thread count. The final evaluation is not in it.
@@ -96,7 +100,8 @@ def arm_overrides(arm: str, seed: int, steps: int, refresh_every: int, eval_ever
             f"mining.warm_start={warm}", f"mining.refresh_every={refresh}",
             f"mining.keep_versions={steps // refresh_every + 2}",  # keep every version
             f"train.checkpoint_every={refresh_every}",  # the same cadence in every arm
-            f"train.eval_every={eval_every}", "export.sentence_transformers=false"]
+            f"train.eval_every={eval_every}", "train.eval_on_checkpoint=false",
+            "export.sentence_transformers=false"]
 
 
 @dataclass
@@ -241,21 +246,32 @@ def results_table(summaries: dict[str, dict[str, tuple[float, float]]],
     return "\n".join(lines)
 
 
-def timed_dev_eval(model, dev: DevSplit, max_length: int, threads: int) -> tuple[float, float]:
-    """(nDCG@10, seconds) of one dev evaluation with `threads` torch threads (as a worker)."""
+def timed_dev_eval(model, dev: DevSplit, max_length: int, threads: int) -> tuple[dict, float]:
+    """(metrics, seconds) of one dev evaluation with `threads` torch threads (as a worker)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
         started = time.perf_counter()
         metrics, _ = evaluate_dev(model, dev, max_length)
-        return metrics["ndcg@10"], time.perf_counter() - started
+        return metrics, time.perf_counter() - started
     finally:
         torch.set_num_threads(saved)
 
 
-def train_and_evaluate(cfg: JobConfig, dev: DevSplit, eval_max_length: int,
+def last_dev_row(run_dir: Path, step: int) -> dict:
+    """The job's own dev metrics at `step` (metrics.csv; the last step is always evaluated)."""
+    rows = [r for r in read_metrics(run_dir) if r.get("step") == step
+            and isinstance(r.get("dev/mrr@10"), (int, float)) and not math.isnan(r["dev_metric"])]
+    if not rows:
+        raise RuntimeError(f"{run_dir}: metrics.csv has no dev evaluation at step {step}")
+    r = rows[-1]
+    return {"ndcg@10": r["dev_metric"], "mrr@10": r["dev/mrr@10"], "recall@100": r["dev/recall@100"]}
+
+
+def train_and_evaluate(cfg: JobConfig, dev: DevSplit, eval_max_length: int | None,
                        dev_eval_s: float) -> dict:
-    """One run: train, evaluate its last checkpoint, read its curve and negatives versions."""
+    """One run: train, take its last step's dev metrics (or evaluate its last checkpoint again at
+    `eval_max_length`), read its curve and negatives versions."""
     started = time.perf_counter()
     run = run_training(cfg)
     run_s = time.perf_counter() - started
@@ -263,7 +279,8 @@ def train_and_evaluate(cfg: JobConfig, dev: DevSplit, eval_max_length: int,
         raise RuntimeError(f"{run.run_dir}: the run reported no checkpoint to evaluate")
     last = Path(run.checkpoint_dir)
     final_step = json.loads((last / STATE_FILE).read_text())["step"]
-    metrics, _ = evaluate_dev(load_embedding_model(last / MODEL_DIR), dev, eval_max_length)
+    metrics = (last_dev_row(run.run_dir, final_step) if eval_max_length is None else
+               evaluate_dev(load_embedding_model(last / MODEL_DIR), dev, eval_max_length)[0])
     curve = dev_curve(run.run_dir)
     n_dev_evals = len(curve)
     return {**metrics, "train_s": run_s - n_dev_evals * dev_eval_s, "run_s": run_s,
@@ -327,10 +344,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="jobs/configs/scifact_ance.yaml")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--refresh-every", type=int, default=25)
-    p.add_argument("--eval-every", type=int, default=None, help="default: --refresh-every")
+    p.add_argument("--eval-every", type=int, default=None, help="default: half of --steps")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--eval-max-length", type=int, default=256)
+    p.add_argument("--eval-max-length", type=int, default=None,
+                   help="evaluate the last checkpoint again at N tokens (default: the job's own "
+                        "dev evaluation at its last step, at model.max_length)")
     p.add_argument("--zero-shot-lengths", default=None,
                    help="e.g. 128,192,256: only the zero-shot model at each length, then exit")
     p.add_argument("--docs", type=int, default=None,
@@ -341,7 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "same settings; train only the missing ones (the bench takes hours)")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides for every arm")
     args = p.parse_args(argv)
-    args.eval_every = args.eval_every or args.refresh_every
+    args.eval_every = args.eval_every or max(1, args.steps // 2)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.arms = args.arms.split(",")
     unknown = [a for a in args.arms if a not in ARMS]
@@ -353,19 +372,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def zero_shot_figures(args, base: JobConfig, dev: DevSplit, zero, out: Path) -> dict:
-    """The zero-shot dev nDCG@10 at the job's length, one timed dev evaluation at a worker's
-    thread count (the wall-time correction) and the zero-shot arm's metrics; kept in
-    <out>/zero_shot.json and reused by --resume when the settings match (~10 min here)."""
+    """The zero-shot dev nDCG@10 at the job's length, timed at a worker's thread count (the
+    wall-time correction), and the zero-shot arm's metrics (the same pass unless
+    --eval-max-length differs); kept in <out>/zero_shot.json and reused by --resume when the
+    settings match."""
+    # the thread count a single worker on this node sets (angle_ray.train.loop)
+    threads = base.train.torch_threads or os.cpu_count() or 1
     settings = {"model": base.model.name_or_path, "dev_max_length": base.model.max_length,
-                "threads": int(base.train.cpus_per_worker), "eval_max_length": args.eval_max_length}
+                "threads": threads, "eval_max_length": args.eval_max_length}
     path = out / "zero_shot.json"
     if args.resume and path.exists():
         saved = json.loads(path.read_text())
         if saved["settings"] == settings:
             return saved["figures"]
-    zs_dev, dev_eval_s = timed_dev_eval(zero, dev, settings["dev_max_length"], settings["threads"])
-    figures = {"dev_ndcg@10": zs_dev, "dev_eval_s": dev_eval_s,
-               "metrics": evaluate_dev(zero, dev, args.eval_max_length)[0]}
+    zs_dev, dev_eval_s = timed_dev_eval(zero, dev, base.model.max_length, threads)
+    table = (zs_dev if args.eval_max_length in (None, base.model.max_length) else
+             evaluate_dev(zero, dev, args.eval_max_length)[0])
+    figures = {"dev_ndcg@10": zs_dev["ndcg@10"], "dev_eval_s": dev_eval_s, "metrics": table}
     path.write_text(json.dumps({"settings": settings, "figures": figures}, indent=1))
     return figures
 
@@ -413,14 +436,15 @@ def report(results: dict, out: Path) -> None:
     """The plot and the two markdown tables."""
     arms = results["arms"]
     s = results["setup"]
+    table_length = s["eval_max_length"] or results["dev_max_length"]
     curves = {arm: [(0, results["zero_shot_dev_ndcg@10"]),
                     *mean_curve([r["curve"] for r in a["seeds"].values()])]
               for arm, a in arms.items() if arm != ZERO_SHOT}
     title = (f"SciFact dev nDCG@10 during training (max length {results['dev_max_length']}; "
-             f"the table evaluates at {s['eval_max_length']}), mean of seeds {s['seeds']}")
+             f"the table at {table_length}), mean of seeds {s['seeds']}")
     png = plot_dev_curves(curves, results["zero_shot_dev_ndcg@10"], out / "dev_ndcg.png", title)
     print(f"\nSciFact dev (20% of qrels/train.tsv by query, seed 0), {s['steps']} steps per arm, "
-          f"seeds {s['seeds']}, last checkpoint at max length {s['eval_max_length']}; mean ± "
+          f"seeds {s['seeds']}, last step at max length {table_length}; mean ± "
           f"sample std\n")
     print(results_table({a: {k: tuple(v) for k, v in r["summary"].items()} for a, r in arms.items()},
                         {a: len(r["seeds"]) for a, r in arms.items()}))

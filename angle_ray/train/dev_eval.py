@@ -1,4 +1,5 @@
-"""The dev metric during training: STS Spearman x100, or retrieval nDCG@10 x100."""
+"""The dev metric during training: STS Spearman x100, or retrieval nDCG@10 x100 (with MRR@10
+and Recall@100 beside it as dev/mrr@10 and dev/recall@100)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ class DevEvaluator:
         self.dev = dev
         self.batch_size = batch_size
 
-    def run(self, engine, rank: int) -> float:
+    def run(self, engine, rank: int) -> dict[str, float]:
+        """{"dev_metric": value, ...} to add to the step's report."""
         if rank != 0 and not engine.all_ranks_forward_for_eval:
-            return float("nan")  # rank 0's value is the one Ray Train records
+            return {"dev_metric": float("nan")}  # rank 0's value is the one Ray Train records
         model = engine.model
         model.eval()
         try:
@@ -25,10 +27,13 @@ class DevEvaluator:
         finally:
             model.train()
 
-    def _measure(self, model) -> float:
+    def _measure(self, model) -> dict[str, float]:
         d = self.dev
         if isinstance(d, RetrievalDev):
-            return evaluate_retrieval(model, d.corpus, d.queries, d.qrels,
-                                      batch_size=self.batch_size, show_progress=False)["ndcg@10"]
-        return sts_spearman(model, d.text1, d.text2, d.gold, batch_size=self.batch_size,
-                            desc="dev", show_progress=False)
+            m = evaluate_retrieval(model, d.corpus, d.queries, d.qrels,
+                                   batch_size=self.batch_size, show_progress=False)
+            return {"dev_metric": m["ndcg@10"], "dev/mrr@10": m["mrr@10"],
+                    "dev/recall@100": m["recall@100"]}
+        return {"dev_metric": sts_spearman(model, d.text1, d.text2, d.gold,
+                                           batch_size=self.batch_size, desc="dev",
+                                           show_progress=False)}

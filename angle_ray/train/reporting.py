@@ -104,7 +104,7 @@ class Reporter:
             if self.feed is not None:
                 metrics.update(self.feed.metrics(step))
         if evaluating:
-            metrics["dev_metric"] = self.dev.run(self.engine, self.rank)
+            metrics.update(self.dev.run(self.engine, self.rank))
         elif checkpointing and self.dev is not None:
             metrics["dev_metric"] = float("nan")  # the checkpoint ranks last, see the module doc
         if checkpointing:

@@ -90,7 +90,8 @@ def test_every_trained_arm_validates_with_its_seed_and_negatives(bench, tmp_path
 def test_parse_args_defaults_and_errors(bench, capsys):
     args = bench.parse_args([])
     assert args.seeds == [0, 1, 2] and args.arms == list(bench.ARMS)
-    assert args.eval_every == args.refresh_every == 25
+    assert args.refresh_every == 25 and args.eval_every == args.steps // 2 == 50
+    assert args.eval_max_length is None  # the job's own last dev evaluation is the table's
     assert bench.parse_args(["--eval-every", "5", "--seeds", "3,4"]).seeds == [3, 4]
     for bad in (["--arms", "ibn,ance"], ["--docs", "10"]):
         with pytest.raises(SystemExit):
@@ -163,6 +164,21 @@ def test_dev_curve_reads_metrics_csv_later_rows_win(bench, tmp_path):
     assert bench.mean_curve([[(25, 60.0), (50, 62.0)], [[25, 64.0], [50, 66.0], [75, 1.0]]]) == [
         (25, 62.0), (50, 64.0), (75, 1.0)]  # JSON-read curves are lists
 
+
+
+def test_last_dev_row_is_the_later_evaluated_row_of_the_last_step(bench, tmp_path):
+    keys = ["step", "dev_metric", "dev/mrr@10", "dev/recall@100"]
+    rows = [{"step": 50, "dev_metric": 66.0, "dev/mrr@10": 60.0, "dev/recall@100": 90.0},
+            {"step": 100, "dev_metric": "nan"},  # a checkpoint without an evaluation
+            {"step": 100, "dev_metric": 70.5, "dev/mrr@10": 65.25, "dev/recall@100": 94.0}]
+    with (tmp_path / "metrics.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    assert bench.last_dev_row(tmp_path, 100) == {"ndcg@10": 70.5, "mrr@10": 65.25,
+                                                 "recall@100": 94.0}
+    with pytest.raises(RuntimeError, match="no dev evaluation at step 75"):
+        bench.last_dev_row(tmp_path, 75)
 
 def test_plot_writer_on_synthetic_curves(bench, tmp_path):
     curves = {"ibn": [(0, 60.0), (25, 62.0), (50, 63.0)], "ance-bm25": [(0, 60.0), (25, 64.0)],

@@ -2,6 +2,7 @@
 checkpoints (real MiniLM, real SciFact slice, real FAISS, real encoder actor pool)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,11 @@ def ance_job(tmp_path, beir: Path, **mining):
                             "batch_size": 32}, **mining},
         "train": {"name": "ance", "storage_path": str(tmp_path / "runs"), "batch_size": 4,
                   "max_steps": 14, "lr": 2e-5, "log_every": 1, "num_workers": 1,
-                  "cpus_per_worker": 0.5, "shuffle_buffer": 0, "keep_checkpoints": 2},
+                  "cpus_per_worker": 0.5, "shuffle_buffer": 0, "keep_checkpoints": 2,
+                  "eval_every": 7, "eval_on_checkpoint": False},
+        # the held-out queries, evaluated at steps 7 and 14 only: not at the checkpoints the
+        # refresh cadence makes (4, 8, 12)
+        "eval": {"retrieval_dev": {"path": str(beir), "dev_fraction": 0.2, "seed": 0}},
         "export": {"sentence_transformers": False},
     })
 
@@ -40,6 +45,12 @@ def test_refresh_every_n_steps_trains_on_several_versions_within_the_staleness_b
     assert versions[0] == 0  # the BM25 warm start from step 1
     assert len(set(versions)) >= 3, versions  # v0 and at least two refreshed versions
     assert versions == sorted(versions)  # never goes back to an older version
+    evaluated = {int(r["step"]): r for r in rows if not math.isnan(r.get("dev_metric", math.nan))}
+    assert sorted(evaluated) == [7, 14]  # eval_every and the last step, no other checkpoint
+    assert all(math.isnan(rows[step - 1]["dev_metric"]) for step in (4, 8, 12))  # checkpoints
+    last = evaluated[14]
+    assert 0 <= last["dev/mrr@10"] <= 100 and 0 < last["dev_metric"] <= 100
+    assert last["dev/recall@100"] == pytest.approx(100.0)  # 80 documents: all are in the top 100
     for r in rows:  # the bound held at every step
         assert int(r["step"]) - int(float(r["neg/version"])) <= 6 + 1
     status = json.loads((run.run_dir / "negatives" / "refresher.json").read_text())
