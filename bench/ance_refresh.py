@@ -5,7 +5,7 @@ effect on training steps.
     python bench/ance_refresh.py                          # SciFact, 192 tokens (the lead runs it)
     python bench/ance_refresh.py --sample 0.3             # + a partial refresh arm
     python bench/ance_refresh.py --docs 200 --queries 40  # a smoke run (about a minute or two)
-    python bench/ance_refresh.py --runs runs/bench_scifact_ance   # + step times of two runs
+    python bench/ance_refresh.py --skip-encode --runs runs/bench_scifact_ance/seed0   # step times
 
 1. encode: the SciFact corpus + training queries (with --docs/--queries: the first --docs
    documents plus the kept queries' positives) encoded through the refresher's own path
@@ -24,7 +24,7 @@ effect on training steps.
    candidate list with today's. The token cache's one-time build (per job) is printed apart.
 2. index: FAISS flat, IVF and HNSW over today's embeddings: build seconds, search seconds for
    the training queries (top 100), and recall of the exact top-10 (flat = 1.0).
-3. steps (--runs DIR): DIR/bm25 (static negatives, no refresh) and DIR/ance (refresh running
+3. steps (--runs DIR): DIR/bm25 (static negatives, no refresh) and DIR/ance-bm25 (refresh running
    beside training), as written by bench/scifact_ance.py: mean seconds per train step over
    the logged windows, the ratio ance / bm25, and the time the loop spent waiting on negatives
    (`neg/wait_s`, 0 unless mining.max_staleness is set and exceeded).
@@ -155,11 +155,11 @@ def bench_steps(runs: Path) -> None:
     print("| run | steps | s/step | waited on negatives s |")
     print("|---|---|---|---|")
     out = {}
-    for name in ("bm25", "ance"):
+    for name in ("bm25", "ance-bm25"):  # the run folders bench/scifact_ance.py writes
         per_step, wait, steps = mean_step_s(runs / name)
         out[name] = per_step
         print(f"| {name} | {steps} | {per_step:.2f} | {wait:.1f} |")
-    print(f"\nstep time with refresh / without: {out['ance'] / out['bm25']:.2f}x")
+    print(f"\nstep time with refresh / without: {out['ance-bm25'] / out['bm25']:.2f}x")
 
 
 def run_encode_and_index(args) -> None:
@@ -192,7 +192,8 @@ def main() -> None:
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--sample", type=float, default=None, help="add a mining.refresh_sample arm")
-    p.add_argument("--runs", default=None, help="folder with bm25/ and ance/ runs to compare")
+    p.add_argument("--runs", default=None,
+                   help="a seed folder of bench/scifact_ance.py (its bm25/ and ance-bm25/ runs)")
     p.add_argument("--skip-encode", action="store_true")
     args = p.parse_args()
     if not args.skip_encode:
