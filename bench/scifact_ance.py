@@ -47,8 +47,8 @@ Output (--out, default runs/bench_scifact_ance): <out>/seed<N>/<arm>/ (one run f
 bench_result.json once the run is evaluated; the script refuses to start over an existing folder,
 since a finished run would be resumed and train nothing, except with --resume, which reuses the
 finished runs made with the same settings and trains only the rest: the bench can be run a few
-seeds or arms at a time), zero_shot.json, results.json (every per-seed figure), dev_ndcg.png. ance_refresh.py --runs reads the runs of
-one seed: <out>/seed0.
+seeds or arms at a time), zero_shot.json, results.json (every per-seed figure), dev_ndcg.png.
+ance_refresh.py --runs reads the runs of one seed: <out>/seed0.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ throughput, steps per stream, negatives), every `train.checkpoint_every` steps a
 (a checkpoint, with the dev metric when there is a dev set and `train.eval_on_checkpoint`), every
 `train.eval_every` steps (dev metric), calls `ray.train.report`. A checkpoint reported without an
 evaluation carries dev_metric NaN: Ray Train ranks it below every evaluated one, so the best-dev
-export never picks it. The controller side of those reports (live line,
-metrics.csv, TensorBoard) is `angle_ray.train.progress`.
+export never picks it. The controller side of those reports (live line, metrics.csv,
+TensorBoard) is `angle_ray.train.progress`.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class Reporter:
         self.window.add(result, seconds)
         last = step == self.plan.total_steps
         logging, checkpointing, evaluating = due(step, self.plan.total_steps, t,
-                                                 self.dev is not None)
+                                                 self.dev is not None)  # `last` implies all three
         if not (logging or checkpointing or evaluating):
             return
         metrics = self._metrics(step, self.engine.lr())
