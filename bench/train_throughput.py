@@ -16,7 +16,8 @@ before the last step.
 - angle-ray: `angle_ray.train.driver.run_training` on jobs/configs/quickstart.yaml with
   overrides (the loss weights, lr and pooling above pinned), 1 worker (train.cpus_per_worker=1),
   `model.dtype=fp32` and `model.dtype=bf16` (autocast, fp32 master weights; on a CPU without
-  native bf16 the run falls back to fp32 and its row says so). With `--two-workers`, also fp32
+  native bf16 the run would fall back to fp32 and repeat the fp32 row, so it is left out unless
+  `--systems` names it; its row then says `bf16->fp32`). With `--two-workers`, also fp32
   with 2 workers at fractional CPUs (`--cpus-per-worker-2w`, default 0.5: two workers at 1 CPU
   each would leave no CPU for Ray Data's tokenising tasks on a 2-core machine and hang). Each
   run starts its own embedded Ray and shuts it down afterwards.
@@ -46,7 +47,8 @@ scores and weighted sum, 4 s H per layer forward, 8 s H backward.
 GFLOP/s = tokens/s * FLOPs per token / 1e9, on the wall rate and on the compute rate; `of
 matmul` = compute GFLOP/s / a 2048x2048 @ 2048x2048 matmul's GFLOP/s (2 * 2048^3 per product)
 measured in this process at the start of each repeat, nothing else of this script running,
-torch's default threads: the fp32 matmul for fp32 rows, the bf16 matmul for bf16 rows.
+torch's default threads: the fp32 matmul for fp32 rows, the bf16 matmul for bf16 rows (the bf16
+matmul is measured only on a CPU with native bf16: emulated, it runs ~1 GFLOP/s on AVX2).
 
 Timings on a shared machine are noisy: compare ratios from one run, use `--repeats 3`
 (systems run round-robin; medians are reported, with the range of the wall rate).
@@ -119,6 +121,7 @@ def parse_args(argv=None):
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     default = [*DEFAULT_SYSTEMS, *(["angle-ray-2w"] if args.two_workers else [])]
+    args.systems_default = not args.systems
     args.systems = ([s.strip() for s in args.systems.split(",") if s.strip()]
                     if args.systems else default)
     unknown = set(args.systems) - set(SYSTEMS)
@@ -176,11 +179,15 @@ def matmul_gflops(dtype: torch.dtype, seconds: float = 1.5) -> float:
     return done * 2 * MATMUL_N ** 3 / (time.perf_counter() - start) / 1e9
 
 
-def run_matmuls() -> dict:
-    res = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16),
+def run_matmuls(bf16_native: bool) -> dict:
+    """The fp32 and bf16 matmul rates; bf16 only where the CPU has it natively (emulated bf16
+    runs about 1 GFLOP/s on an AVX2 core: minutes per product, and no row would use it)."""
+    res = {"fp32": matmul_gflops(torch.float32),
+           "bf16": matmul_gflops(torch.bfloat16) if bf16_native else None,
            "threads": torch.get_num_threads()}
-    print(f"[bench] matmul {MATMUL_N}: fp32 {res['fp32']:.0f} GFLOP/s, bf16 {res['bf16']:.0f} "
-          f"GFLOP/s ({res['threads']} threads)", flush=True)
+    bf16 = f"{res['bf16']:.0f} GFLOP/s" if bf16_native else "not measured (no native bf16)"
+    print(f"[bench] matmul {MATMUL_N}: fp32 {res['fp32']:.0f} GFLOP/s, bf16 {bf16} "
+          f"({res['threads']} threads)", flush=True)
     return res
 
 
@@ -346,12 +353,13 @@ def print_ratios(by: dict[str, list[dict]]) -> None:
               f"2 workers on {os.cpu_count()} cores")
 
 
-def run_all(args, data: Path, tmp: Path) -> tuple[dict[str, list[dict]], list[dict]]:
+def run_all(args, data: Path, tmp: Path, bf16_native: bool
+            ) -> tuple[dict[str, list[dict]], list[dict]]:
     """Each repeat: the matmuls, then every system once (round-robin)."""
     by: dict[str, list[dict]] = {s: [] for s in SYSTEMS if s in args.systems}
     matmuls = []
     for rep in range(args.repeats):
-        matmuls.append(run_matmuls())
+        matmuls.append(run_matmuls(bf16_native))
         for name, runs in by.items():
             runs.append(run_reference(args, data) if name == "angle_emb"
                         else run_angle_ray(args, data, tmp, name, f"r{rep}"))
@@ -365,6 +373,10 @@ def main(argv=None) -> dict:
     data = tmp / "train_subset.jsonl"
     n = write_subset(args.data, args.rows, data)
     bf16_runs, notice = resolve_dtype("bf16", "cpu")
+    if bf16_runs != "bf16" and args.systems_default and "angle-ray-bf16" in args.systems:
+        # it would fall back to fp32 and repeat the fp32 row; `--systems` still forces it
+        args.systems.remove("angle-ray-bf16")
+        notice += "; the bf16 system is left out (name it in --systems to run it anyway)"
     print(f"[bench] {n} rows of {args.data}; {args.steps} steps per system and run, window steps "
           f"{args.warmup_steps + 1}-{args.end_step}, batch {args.batch_size} per worker, max "
           f"length {args.max_length}; systems {', '.join(args.systems)}; workdir {tmp}"
@@ -374,7 +386,7 @@ def main(argv=None) -> dict:
           f"L={shape['layers']}, H={shape['hidden']}; the data: {shape['tokens_per_pair']:.1f} "
           "tokens per pair", flush=True)
     try:
-        by, matmuls = run_all(args, data, tmp)
+        by, matmuls = run_all(args, data, tmp, bf16_runs == "bf16")
     finally:
         if not args.keep:
             import shutil
