@@ -3,6 +3,7 @@ device / strategy / ZeRO stage, and bf16 training on real MiniLM and real STS-B 
 real DDP and DeepSpeed ZeRO-0 engines in one process (gloo, world size 1, DeepSpeed on CPU),
 its loss tracking fp32 step by step with fp32 master weights and optimiser state."""
 
+import copy
 import json
 from collections import Counter
 
@@ -14,6 +15,7 @@ from angle_ray.losses import build_loss
 from angle_ray.models.backbone import build_model
 from angle_ray.train.engine import (
     Precision,
+    _optimizer,
     deepspeed_config,
     fp32_master_weights,
     lr_lambda,
@@ -63,6 +65,31 @@ def test_deepspeed_config_maps_zero_stage_offload_and_precision():
     assert not deepspeed_config(cfg, "bf16", on_gpu=False)["bf16"]["enabled"]
     assert not deepspeed_config(TrainConfig(zero_stage=0), "bf16", on_gpu=True)["bf16"]["enabled"]
     assert deepspeed_config(TrainConfig(zero_stage=0), "fp16", on_gpu=True)["fp16"]["enabled"]
+
+
+def test_optimizer_is_torch_fused_adamw_and_steps_like_the_foreach_kernel():
+    model = build_model(ModelConfig(max_length=16))
+    cfg = TrainConfig(lr=1e-3, weight_decay=0.01)
+    fused = _optimizer(model, cfg)
+    assert fused.defaults["fused"] is True
+    twin = copy.deepcopy(model)
+    twin_params = dict(twin.named_parameters())
+    name_of = {p: n for n, p in model.named_parameters()}
+    groups = [{"params": [twin_params[name_of[p]] for p in g["params"]],
+               "weight_decay": g["weight_decay"]} for g in fused.param_groups]
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]  # LayerNorms and biases: no decay
+    foreach = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(0)
+    for _ in range(3):
+        grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+        for net, optimizer in ((model, fused), (twin, foreach)):
+            for n, p in net.named_parameters():
+                p.grad = grads[n].clone()
+            optimizer.step()
+    for n, p in model.named_parameters():
+        assert not torch.equal(p, start[n])  # every tensor was updated
+        torch.testing.assert_close(p, twin_params[n], rtol=1e-5, atol=1e-6)
 
 
 def test_mixed_streams_get_their_weights_share_of_steps():
