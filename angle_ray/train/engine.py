@@ -67,7 +67,8 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # torch's fused AdamW kernel (CPU and CUDA) does the update in one pass over each tensor:
-    # on MiniLM on two cores the optimiser step falls from ~130 ms to ~25 ms (foreach).
+    # on MiniLM on two cores the optimiser step falls from ~130 ms (foreach) to ~25 ms.
+    # Elsewhere None, not False: False would also turn off torch's foreach default.
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
                 for p in decay + no_decay)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=fused or None)
