@@ -18,6 +18,7 @@ effect on training steps.
      + int8         pool.precision=int8 (dynamic quantisation of most Linear layers)
      + sample F     (--sample F) length sort, fp32, mining.refresh_sample=F: F of the corpus
                     plus the positives re-encoded, searched among those only
+     + sample F + bf16   the same in bf16 (fp32 where the CPU has no native bf16)
      + sample F + int8   the same in int8
    Each arm starts its own pool (actor start + model load count, as in a refresh). Columns:
    seconds, texts/s, today / arm, and the mean overlap of each training query's top-30
@@ -71,6 +72,8 @@ def arms(sample: float | None) -> list[tuple[str, dict]]:
     if sample is not None:
         out.append((f"+ length sort + sample {sample:g} (fp32)",
                     {"tokens": True, "sort": True, "precision": "fp32", "sample": sample}))
+        out.append((f"+ length sort + sample {sample:g} + bf16",
+                    {"tokens": True, "sort": True, "precision": "bf16", "sample": sample}))
         out.append((f"+ length sort + sample {sample:g} + int8",
                     {"tokens": True, "sort": True, "precision": "int8", "sample": sample}))
     return out
