@@ -70,12 +70,10 @@ def arms(sample: float | None) -> list[tuple[str, dict]]:
            ("+ bf16", {"tokens": True, "sort": True, "precision": "bf16"}),
            ("+ int8", {"tokens": True, "sort": True, "precision": "int8"})]
     if sample is not None:
-        out.append((f"+ length sort + sample {sample:g} (fp32)",
-                    {"tokens": True, "sort": True, "precision": "fp32", "sample": sample}))
-        out.append((f"+ length sort + sample {sample:g} + bf16",
-                    {"tokens": True, "sort": True, "precision": "bf16", "sample": sample}))
-        out.append((f"+ length sort + sample {sample:g} + int8",
-                    {"tokens": True, "sort": True, "precision": "int8", "sample": sample}))
+        for precision in ("fp32", "bf16", "int8"):
+            name = f"+ length sort + sample {sample:g}" + (
+                " (fp32)" if precision == "fp32" else f" + {precision}")
+            out.append((name, {"tokens": True, "sort": True, "precision": precision, "sample": sample}))
     return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from angle_ray.models.embedder import encode
 from angle_ray.models.loader import load_model
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-123"
 SENTENCES = ["A plane is taking off.", "A man is playing a flute.", "A woman is slicing an onion.",
              "Two dogs run through a field of tall grass.", "The stock market fell sharply today."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, body=None, key: str | None = KEY, raw: bytes | None = None, method: str | None = None):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from angle_ray.data.collate import TokenBatch, pad
 from angle_ray.data.roles import ragged
 from angle_ray.data.stream import text_hash
 from angle_ray.models.backbone import build_model, load_embedding_model
+from tests.ports import free_port
 
 
 def write_rows(path: Path, rows: list[dict]) -> str:
@@ -77,9 +77,7 @@ def gloo_world_of_one():
     LOCAL_RANK); DeepSpeed on CPU (DS_ACCELERATOR is read when it first picks its accelerator).
     One group for the whole session: DeepSpeed caches its groups, so a second group made in
     the same process after the first was destroyed is unknown to it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {"DS_ACCELERATOR": "cpu", "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     saved = {key: os.environ.get(key) for key in env}

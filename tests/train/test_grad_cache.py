@@ -5,7 +5,6 @@ mini-batch size that does not divide the batch; on 2 gloo workers with all-gathe
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from angle_ray.losses.ibn import InBatchNegativesLoss
 from angle_ray.models.backbone import build_model
 from angle_ray.train.gather import gather_cat, world
 from angle_ray.train.grad_cache import RngState, cached_step
+from tests.ports import free_port
 
 PAIRS = 5  # 10 rows in mini-batches of 4: 4 + 4 + 2
 MINI = 4
@@ -157,12 +157,6 @@ def test_mini_batch_size_must_be_positive(model):
 # --- two gloo workers (slow): all-gathered negatives, DDP-style gradient averaging
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, texts1, texts2, labels, out_dir: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -191,7 +185,7 @@ def test_two_gloo_workers_equal_one_process_with_the_global_batch(model, data_di
         rows = [json.loads(line) for _, line in zip(range(8), f)]
     texts1, texts2 = [r["text1"] for r in rows], [r["text2"] for r in rows]
     labels = torch.tensor([r["label"] / 5 for r in rows])
-    mp.spawn(_worker, args=(_free_port(), texts1, texts2, labels, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), texts1, texts2, labels, str(tmp_path)), nprocs=2, join=True)
     result = torch.load(tmp_path / "rank0.pt", weights_only=True)  # our own file; tensors only
 
     model.eval()
