@@ -5,6 +5,7 @@ effect on training steps.
     python bench/ance_refresh.py                          # SciFact, 192 tokens (the lead runs it)
     python bench/ance_refresh.py --sample 0.3             # + a partial refresh arm
     python bench/ance_refresh.py --docs 200 --queries 40  # a smoke run (about a minute or two)
+    python bench/ance_refresh.py --sample 0.3 --arms bf16,sample-bf16   # today + those two
     python bench/ance_refresh.py --skip-encode --runs runs/bench_scifact_ance/seed0   # step times
 
 1. encode: the SciFact corpus + training queries (with --docs/--queries: the first --docs
@@ -62,19 +63,25 @@ def subset_task(task, docs: int | None, queries: int | None):
                       positives=[[new[d] for d in p] for p in positives])
 
 
-def arms(sample: float | None) -> list[tuple[str, dict]]:
-    """(name, settings): token ids or texts, pool.sort_by_length, pool.precision, refresh_sample."""
-    out = [("today (text, unsorted, fp32)", {"tokens": False, "sort": False, "precision": "fp32"}),
-           ("token cache", {"tokens": True, "sort": False, "precision": "fp32"}),
-           ("+ length sort", {"tokens": True, "sort": True, "precision": "fp32"}),
-           ("+ bf16", {"tokens": True, "sort": True, "precision": "bf16"}),
-           ("+ int8", {"tokens": True, "sort": True, "precision": "int8"})]
+ARM_KEYS = ("today", "tokens", "sort", "bf16", "int8", "sample", "sample-bf16", "sample-int8")
+
+
+def arms(sample: float | None, keys: list[str] | None = None) -> list[tuple[str, dict]]:
+    """(name, settings): token ids or texts, pool.sort_by_length, pool.precision, refresh_sample.
+    ``keys``: only those arms (``ARM_KEYS``), today's always first (the reference)."""
+    out = [("today", "today (text, unsorted, fp32)", {"tokens": False, "sort": False, "precision": "fp32"}),
+           ("tokens", "token cache", {"tokens": True, "sort": False, "precision": "fp32"}),
+           ("sort", "+ length sort", {"tokens": True, "sort": True, "precision": "fp32"}),
+           ("bf16", "+ bf16", {"tokens": True, "sort": True, "precision": "bf16"}),
+           ("int8", "+ int8", {"tokens": True, "sort": True, "precision": "int8"})]
     if sample is not None:
         for precision in ("fp32", "bf16", "int8"):
             name = f"+ length sort + sample {sample:g}" + (
                 " (fp32)" if precision == "fp32" else f" + {precision}")
-            out.append((name, {"tokens": True, "sort": True, "precision": precision, "sample": sample}))
-    return out
+            key = "sample" if precision == "fp32" else f"sample-{precision}"
+            out.append((key, name, {"tokens": True, "sort": True, "precision": precision,
+                                    "sample": sample}))
+    return [(name, arm) for key, name, arm in out if keys is None or key == "today" or key in keys]
 
 
 def overlap(idx: np.ndarray, ref: np.ndarray) -> float:
@@ -83,7 +90,8 @@ def overlap(idx: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(shares))
 
 
-def bench_encode(job, task, model_dir: str, sample: float | None) -> tuple[np.ndarray, np.ndarray]:
+def bench_encode(job, task, model_dir: str, sample: float | None, keys: list[str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     from angle_ray.mining.refresher import mine_candidates
     from angle_ray.mining.token_cache import mining_tokens
 
@@ -93,7 +101,7 @@ def bench_encode(job, task, model_dir: str, sample: float | None) -> tuple[np.nd
     texts = len(task.doc_texts) + len(task.query_texts)
     m = job.mining
     rows, ref, today = [], None, None
-    for name, arm in arms(sample):
+    for name, arm in arms(sample, keys):
         pool = m.pool.model_copy(update={"sort_by_length": arm["sort"], "precision": arm["precision"]})
         arm_job = job.model_copy(update={"mining": m.model_copy(update={
             "pool": pool, "refresh_sample": arm.get("sample")})})
@@ -180,7 +188,7 @@ def run_encode_and_index(args) -> None:
     task = subset_task(load_mining_task(job.mining), args.docs, args.queries)
     with tempfile.TemporaryDirectory() as checkpoint:  # an angle-ray folder, as a checkpoint holds it
         build_model(job.model).save(checkpoint)
-        doc_emb, query_emb = bench_encode(job, task, checkpoint, args.sample)
+        doc_emb, query_emb = bench_encode(job, task, checkpoint, args.sample, args.arms)
     bench_index(doc_emb, query_emb)
 
 
@@ -193,10 +201,18 @@ def main() -> None:
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--sample", type=float, default=None, help="add a mining.refresh_sample arm")
+    p.add_argument("--arms", default=None, type=lambda v: v.split(","),
+                   help=f"only these arms besides today's, of {','.join(ARM_KEYS)} "
+                        "(sample arms need --sample)")
     p.add_argument("--runs", default=None,
                    help="a seed folder of bench/scifact_ance.py (its bm25/ and ance-bm25/ runs)")
     p.add_argument("--skip-encode", action="store_true")
     args = p.parse_args()
+    unknown = sorted(set(args.arms or ()) - set(ARM_KEYS))
+    if unknown:
+        p.error(f"--arms: unknown {', '.join(unknown)} (known: {', '.join(ARM_KEYS)})")
+    if args.sample is None and any(k.startswith("sample") for k in args.arms or ()):
+        p.error("--arms: the sample arms need --sample F")
     if not args.skip_encode:
         run_encode_and_index(args)
     if args.runs:

@@ -54,6 +54,7 @@ ance_refresh.py --runs reads the runs of one seed: <out>/seed0.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -75,6 +76,7 @@ from angle_ray.mining.training_setup import NEGATIVES_DIR
 from angle_ray.models.backbone import load_embedding_model
 from angle_ray.models.embedder import encode
 from angle_ray.models.loader import load_model
+from angle_ray.models.precision import resolve_dtype
 from angle_ray.train.checkpoint import MODEL_DIR, STATE_FILE
 from angle_ray.train.driver import init_ray, run_training
 from angle_ray.train.progress import read_metrics
@@ -291,11 +293,18 @@ def train_and_evaluate(cfg: JobConfig, dev: DevSplit, eval_max_length: int | Non
 RESULT_FILE = "bench_result.json"  # in a run folder: that run's figures, written when it ends
 
 
-def run_settings(arm: str, seed: int, args, out: Path, model_name: str) -> dict:
-    """Everything that decides one run's figures; a saved run is reused only if they match."""
-    return {"arm": arm, "seed": seed, "config": str(Path(args.config).resolve()),
+def run_settings(arm: str, seed: int, args, out: Path, base: JobConfig) -> dict:
+    """Everything that decides one run's figures; a saved run is reused only if they match:
+    the config file's content (not only its path) and the precision this machine trains
+    `model.dtype` in (bf16 runs fp32 on a CPU without native bf16)."""
+    config = Path(args.config).resolve()
+    device = "cuda" if base.train.use_gpu else "cpu"
+    return {"arm": arm, "seed": seed, "config": str(config),
+            "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+            "precision": resolve_dtype(base.model.dtype, device)[0],
             "overrides": [*arm_overrides(arm, seed, args.steps, args.refresh_every,
-                                         args.eval_every, out, model_name), *args.overrides],
+                                         args.eval_every, out, base.model.name_or_path),
+                          *args.overrides],
             "eval_max_length": args.eval_max_length}
 
 
@@ -397,7 +406,7 @@ def run_arm_seed(args, arm: str, seed: int, base: JobConfig, dev: DevSplit, out:
                  dev_eval_s: float) -> dict:
     """One trained run's figures: reused from its folder under --resume, else trained now and
     saved there (<out>/seed<N>/<arm>/bench_result.json) the moment it ends."""
-    settings = run_settings(arm, seed, args, out, base.model.name_or_path)
+    settings = run_settings(arm, seed, args, out, base)
     run_dir = out / f"seed{seed}" / arm
     result = saved_result(run_dir, settings) if args.resume else None
     if result is not None:
@@ -470,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     finished = frozenset(
         out / f"seed{s}" / a for a in args.arms if a != ZERO_SHOT for s in args.seeds
         if args.resume and saved_result(out / f"seed{s}" / a, run_settings(
-            a, s, args, out, base.model.name_or_path)) is not None)
+            a, s, args, out, base)) is not None)
     check_fresh(out, args.arms, args.seeds, reusable=finished)
     out.mkdir(parents=True, exist_ok=True)
     report(run_arms(args, base, out), out)

@@ -68,6 +68,12 @@ def int8_layers(model: nn.Module) -> list[str]:
             if isinstance(layer, nn.Linear) and layer.in_features <= layer.out_features]
 
 
+def requested_precision(precision: str, model_dtype: str) -> str:
+    """What a pool's ``precision`` asks for: ``fp32`` means the model's own ``model.dtype``
+    (a device without it may still fall back to fp32, see ``apply_precision``)."""
+    return model_dtype if precision == "fp32" else precision
+
+
 def apply_precision(model: EmbeddingModel, precision: str) -> tuple[EmbeddingModel, str]:
     """(the model to run, the autocast dtype to run it under) for a pool's ``precision``.
 
@@ -79,7 +85,7 @@ def apply_precision(model: EmbeddingModel, precision: str) -> tuple[EmbeddingMod
             warnings.simplefilter("ignore")
             model = quantize_dynamic(model.cpu(), spec, dtype=torch.qint8, inplace=True)
         return model, "fp32"  # the quantised Linear layers take and return fp32
-    dtype, notice = resolve_dtype("bf16" if precision == "bf16" else model.cfg.dtype, model.device)
+    dtype, notice = resolve_dtype(requested_precision(precision, model.cfg.dtype), model.device)
     notify_once(notice)
     return model, dtype
 

@@ -42,7 +42,12 @@ import ray.data
 
 from angle_ray.config import JobConfig, MiningConfig
 from angle_ray.mining.candidates import Candidates
-from angle_ray.mining.encoder_pool import PoolRun, encode_tokens_with_pool, encode_with_pool
+from angle_ray.mining.encoder_pool import (
+    PoolRun,
+    encode_tokens_with_pool,
+    encode_with_pool,
+    requested_precision,
+)
 from angle_ray.mining.index import dense_candidates
 from angle_ray.mining.publish import (
     MANIFEST,
@@ -160,7 +165,8 @@ def refresh_once(job: JobConfig, task: MiningTask, neg_dir: Path, model_ref: str
                     encoded_docs=encoded, model_sha256=model_sha256,
                     token_cache=tokens.path.name if tokens is not None else None,
                     pool={"min_actors": m.pool.min_actors, "max_actors": m.pool.max_actors,
-                          "precision": m.pool.precision, "sort_by_length": m.pool.sort_by_length})
+                          "precision": requested_precision(m.pool.precision, job.model.dtype),
+                          "sort_by_length": m.pool.sort_by_length})
     folder = publish_version(neg_dir, step, rows, manifest, fmt=m.output_format)
     prune_versions(neg_dir, m.keep_versions)
     return folder, cands

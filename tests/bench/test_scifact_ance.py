@@ -18,6 +18,7 @@ from angle_ray.data.beir import load_beir, split_qrels_by_query
 from angle_ray.eval.retrieval import evaluate_retrieval
 from angle_ray.mining.publish import publish_version
 from angle_ray.mining.static import capped_length
+from angle_ray.models.precision import resolve_dtype
 from angle_ray.train.driver import run_dir_of
 from tests.bench.conftest import bench_script
 
@@ -110,8 +111,8 @@ def test_check_fresh_names_an_existing_run_folder(bench, tmp_path):
 def test_resume_reuses_a_finished_run_only_with_the_same_settings(bench, tmp_path):
     args = bench.parse_args(["--config", CONFIG, "--seeds", "0", "--arms", "bm25", "--resume",
                              "--out", str(tmp_path)])
-    model = load_config(CONFIG).model.name_or_path
-    settings = bench.run_settings("bm25", 0, args, tmp_path, model)
+    base = load_config(CONFIG)
+    settings = bench.run_settings("bm25", 0, args, tmp_path, base)
     run_dir = tmp_path / "seed0" / "bm25"
     run_dir.mkdir(parents=True)
     assert bench.saved_result(run_dir, settings) is None  # a folder without figures: unfinished
@@ -122,7 +123,21 @@ def test_resume_reuses_a_finished_run_only_with_the_same_settings(bench, tmp_pat
     assert bench.run_arm_seed(args, "bm25", 0, load_config(CONFIG), None, tmp_path, 1.0) == result
     other = bench.parse_args(["--config", CONFIG, "--steps", "60", "--resume", "--out",
                               str(tmp_path)])
-    assert bench.saved_result(run_dir, bench.run_settings("bm25", 0, other, tmp_path, model)) is None
+    assert bench.saved_result(run_dir, bench.run_settings("bm25", 0, other, tmp_path, base)) is None
+    # the same path with other content (an edited recipe) is not reused either
+    edited = tmp_path / "recipe.yaml"
+    edited.write_text(Path(CONFIG).read_text())
+    at_copy = bench.parse_args(["--config", str(edited), "--resume", "--out", str(tmp_path)])
+    copy_settings = bench.run_settings("bm25", 0, at_copy, tmp_path, base)
+    assert copy_settings["config_sha256"] == settings["config_sha256"]
+    edited.write_text(Path(CONFIG).read_text() + "# edited\n")
+    assert bench.run_settings("bm25", 0, at_copy, tmp_path, base)["config_sha256"] != \
+        settings["config_sha256"]
+    # the precision this machine trains the recipe's model.dtype in: a bf16 recipe run on a CPU
+    # without native bf16 trained fp32 and is not mixed with bf16 runs
+    as_fp32 = base.model_copy(update={"model": base.model.model_copy(update={"dtype": "fp32"})})
+    assert bench.run_settings("bm25", 0, args, tmp_path, as_fp32)["precision"] == "fp32"
+    assert settings["precision"] == resolve_dtype(base.model.dtype, "cpu")[0]
     bench.check_fresh(tmp_path, ["bm25"], [0], reusable=frozenset({run_dir}))
     with pytest.raises(SystemExit, match="--resume"):
         bench.check_fresh(tmp_path, ["bm25"], [0])

@@ -17,6 +17,7 @@ from angle_ray.mining.encoder_pool import (
     int8_layers,
     length_order,
     pad_token_ids,
+    requested_precision,
 )
 from angle_ray.mining.task import load_mining_task
 from angle_ray.mining.token_cache import mining_tokens
@@ -107,6 +108,15 @@ def test_int8_ranks_like_fp32_within_the_stated_overlap(slice_tokens, embeddings
     # int8 reorders near-ties that bf16 keeps
     assert _top10_overlap(n_docs, embeddings["int8"], embeddings["fp32"]) >= 0.88
     assert not np.allclose(embeddings["int8"], embeddings["fp32"], atol=1e-3)  # really quantised
+
+
+def test_pool_fp32_means_the_models_own_dtype(encoders):
+    assert requested_precision("fp32", "bf16") == "bf16"
+    assert requested_precision("bf16", "fp32") == "bf16" and requested_precision("int8", "bf16") == "int8"
+    of_bf16_model = TextEncoder(MODEL, ModelConfig(dtype="bf16").model_dump_json(), MAX_LENGTH,
+                                threads=2, precision="fp32")
+    assert of_bf16_model.dtype == encoders["bf16"].dtype  # bf16, or fp32 without native bf16
+    assert encoders["fp32"].dtype == "fp32"
 
 
 def test_int8_quantises_all_linear_layers_but_the_down_projections(encoders):
