@@ -98,7 +98,7 @@ def pad_token_ids(rows, pad_id: int, side: str = "right") -> tuple[torch.Tensor,
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for k, row in enumerate(rows):
         span = slice(longest - len(row), longest) if side == "left" else slice(0, len(row))
-        ids[k, span] = torch.as_tensor(np.asarray(row, dtype=np.int64))
+        ids[k, span] = torch.from_numpy(np.array(row, dtype=np.int64))  # a copy: Arrow rows are read-only
         mask[k, span] = 1
     return ids, mask
 

@@ -60,7 +60,7 @@ TOP_KEYS = {
 SCHEDULER_KEYS = {
     "asha": {"type", "time_attr", "grace_period", "reduction_factor", "max_t", "brackets"},
     "pbt": {"type", "time_attr", "perturbation_interval", "quantile_fraction",
-            "resample_probability"},
+            "resample_probability", "synch"},
     "fifo": {"type"},
 }
 
@@ -128,6 +128,9 @@ class SchedulerSpec:
     perturbation_interval: float | None = None  # pbt; default: twice the evaluation interval
     quantile_fraction: float = 0.25
     resample_probability: float = 0.25
+    # pbt: perturb only when every trial reached the point (all pause there, so no weak trial
+    # runs ahead of the strong ones and skips its exploit for want of their checkpoint)
+    synch: bool = False
 
 
 @dataclass
@@ -224,6 +227,9 @@ def _scheduler(source: str, raw) -> SchedulerSpec:
         if k == "time_attr":
             if not isinstance(v, str):
                 raise _err(source, "scheduler.time_attr", f"expected a metric name, got {v!r}")
+        elif k == "synch":
+            if not isinstance(v, bool):
+                raise _err(source, "scheduler.synch", f"expected true or false, got {v!r}")
         elif k in ("grace_period", "max_t", "brackets"):
             v = _number(source, f"scheduler.{k}", v, integer=True)
             if v < 1:

@@ -141,6 +141,7 @@ def make_scheduler(sweep: Sweep):
         hyperparam_mutations=mutations,
         quantile_fraction=s.quantile_fraction,
         resample_probability=s.resample_probability,
+        synch=s.synch,
     )
 
 

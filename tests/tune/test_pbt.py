@@ -22,13 +22,14 @@ def test_pbt_weak_trial_continues_from_the_strong_trials_weights(tiny_job_file, 
     space.write_text(yaml.safe_dump({
         "config": str(tiny_job_file), "num_samples": 2, "max_concurrent_trials": 2,
         "include_base": True,
+        # synch: both trials reach each point before either is perturbed, so the strong one has
+        # a checkpoint for the weak one whichever reached the point first
         "scheduler": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
-                      "resample_probability": 0.0},
+                      "resample_probability": 0.0, "synch": True},
         # the base trial (lr 5e-5) learns; the other one (2e-2) wrecks the model at once
         "params": {"train.lr": {"choice": [2.0e-2]}}}))
     # an evaluation (a checkpoint, a perturbation point) every step: points 1 and 2 before the
-    # last step 3. The first point cannot exploit yet (the strong trial has no PBT checkpoint
-    # until it ranked on top once), the second can, and leaves a step to train.
+    # last step 3, each leaves steps to train after the weak trial took the strong weights.
     sweep = plan_sweep(space, output=tmp_path / "sweep",
                        overrides=["train.max_steps=3", "train.eval_every=1"])
     outcome = run_sweep(sweep)

@@ -130,6 +130,20 @@ def test_asha_defaults_come_from_the_job_evaluation_cadence(tmp_path, tiny_job_f
     assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [8, 4, 2]  # eval_every 2
 
 
+def test_pbt_settings_reach_tunes_scheduler(tmp_path, tiny_job_file):
+    sweep = plan_sweep(_space(tmp_path, """
+scheduler: {type: pbt, quantile_fraction: 0.5, resample_probability: 0.0, synch: true}
+params: {train.lr: {choice: [1.0e-5, 1.0e-4]}}
+""", tiny_job_file), output=tmp_path / "sw")
+    pbt = make_scheduler(sweep)
+    assert pbt._synch is True and pbt._quantile_fraction == 0.5
+    assert pbt._perturbation_interval == 4  # default: twice the job's eval_every (2)
+    assert pbt._hyperparam_mutations == {"train.lr": [1.0e-5, 1.0e-4]}
+    with pytest.raises(SpaceError, match=r"scheduler\.synch: expected true or false, got 'yes'"):
+        parse_space({"scheduler": {"type": "pbt", "synch": "yes"},
+                     "params": {"train.lr": {"choice": [1.0e-5]}}}, "s.yaml")
+
+
 def test_optuna_search_seeds_tpe_and_queues_the_base_values_first(tmp_path, tiny_job_file):
     sweep = plan_sweep(_space(tmp_path, """
 search: optuna
