@@ -215,6 +215,12 @@ def _fmt_mean(values: list, scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.fmean(known):.{digits}f}" if known else "-"
 
 
+def _source_name(source) -> str:
+    """A refreshed version's source is its own run's checkpoint folder (one per seed): named
+    `checkpoint` in the table; a static source (bm25, a model) as it is."""
+    return "checkpoint" if Path(str(source)).name.startswith("checkpoint_") else str(source)
+
+
 def difficulty_table(versions: dict[str, list[list[dict]]]) -> str:
     """Markdown: per arm and version, the difficulty averaged over the seeds that published it.
 
@@ -228,7 +234,7 @@ def difficulty_table(versions: dict[str, list[list[dict]]]) -> str:
             for v in seed_versions:
                 by_version.setdefault((int(v["step"]), v["version"]), []).append(v)
         for (step, name), rows in sorted(by_version.items()):
-            sources = sorted({str(r["source"]) for r in rows})
+            sources = sorted({_source_name(r["source"]) for r in rows})
             lines.append(
                 f"| {arm} | {name} | {step} | {len(rows)} | {', '.join(sources)} | "
                 f"{_fmt_mean([r['mean_rank'] for r in rows], digits=1)} | "

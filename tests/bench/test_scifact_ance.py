@@ -153,12 +153,14 @@ def manifest(step, rank, margin, fills, source="bm25"):
 def test_difficulty_table_from_hand_written_manifests(bench, tmp_path):
     seed0, seed1 = tmp_path / "s0" / "negatives", tmp_path / "s1" / "negatives"
     publish_version(seed0, 0, [{"q": 1}], manifest(0, 10.0, 2.0, 0.25))
-    publish_version(seed0, 25, [{"q": 1}], manifest(25, 6.0, 0.1, 0.0, source="checkpoint"))
+    ckpt0 = str(tmp_path / "s0" / "checkpoint_2026-12-04_20-35-01.104548")  # each seed's own
+    publish_version(seed0, 25, [{"q": 1}], manifest(25, 6.0, 0.1, 0.0, source=ckpt0))
     publish_version(seed1, 0, [{"q": 1}], manifest(0, 12.0, 4.0, 0.0))
-    publish_version(seed1, 50, [{"q": 1}], manifest(50, None, None, None, source="checkpoint"))
+    publish_version(seed1, 50, [{"q": 1}], manifest(50, None, None, None, source=str(
+        tmp_path / "s1" / "checkpoint_2026-12-04_21-16-45.392849")))
     versions = [bench.version_difficulty(seed0), bench.version_difficulty(seed1)]
     assert [v["version"] for v in versions[0]] == ["v0", "v25"]
-    assert versions[0][1] == {"version": "v25", "step": 25, "source": "checkpoint",
+    assert versions[0][1] == {"version": "v25", "step": 25, "source": ckpt0,
                               "mean_rank": 6.0, "mean_margin": 0.1, "random_fill_fraction": 0.0}
     table = bench.difficulty_table({"ance-bm25": versions}).splitlines()
     assert table[2] == "| ance-bm25 | v0 | 0 | 2 | bm25 | 11.0 | 3.000 | 12.5 |"
