@@ -45,6 +45,7 @@ class Version:
     step: int
     negatives: dict[int, tuple[list[np.ndarray], list[int]]]  # query hash -> (token ids, hashes)
     refresh_s: float
+    random_fill: float  # share of its negatives filled at random (no candidate left)
 
 
 def load_version(path: Path, step: int, tokenizer, mining: MiningConfig,
@@ -66,7 +67,8 @@ def load_version(path: Path, step: int, tokenizer, mining: MiningConfig,
         picked = [negs[j % len(negs)] for j in range(mining.k)]
         negatives[key] = ([tokens[t] for t in picked], [text_hash(t) for t in picked])
     return Version(step=step, negatives=negatives,
-                   refresh_s=float(manifest.get("seconds", {}).get("total_s", 0.0)))
+                   refresh_s=float(manifest.get("seconds", {}).get("total_s", 0.0)),
+                   random_fill=float(manifest.get("stats", {}).get("random_fill_fraction") or 0.0))
 
 
 def _collective(value: int, op: str) -> int:
@@ -183,7 +185,8 @@ class NegativesFeed:
         return {"neg/version": self.current.step if self.current else -1,
                 "neg/staleness": self.staleness(step), "neg/wait_s": self.wait_s,
                 "neg/versions_used": len(self.used),
-                "neg/refresh_s": self.current.refresh_s if self.current else 0.0}
+                "neg/refresh_s": self.current.refresh_s if self.current else 0.0,
+                "neg/random_fill": self.current.random_fill if self.current else 0.0}
 
 
 def open_negatives_feed(plan: NegativesPlan | None, model_cfg: ModelConfig) -> NegativesFeed | None:

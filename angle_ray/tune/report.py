@@ -4,7 +4,9 @@ Written into the sweep folder from Tune's experiment state and each trial's metr
 can be rebuilt at any time (also after an interrupted or resumed sweep):
 
 - `results.csv` and `results.md` (sorted by the metric, best first): every trial's status
-  (completed, stopped early by the scheduler, error, unfinished), last step, metric and values;
+  (completed, stopped early by the scheduler, error, unfinished), last step, metric and values,
+  and the largest value of each metric the space's `report:` names (from the trial's
+  metrics.csv; e.g. `neg/random_fill`, the random-fill share of the negatives trained on);
 - `plots/<metric>_vs_<key>.png` for each searched key and `plots/<metric>_curves.png` (the dev
   metric of every trial against the step);
 - `best.yaml`: the best completed trial's full job, with its own `train.name`/`storage_path`,
@@ -41,6 +43,7 @@ class TrialRow:
     failures: int = 0
     curve: list[tuple[int, float]] = field(default_factory=list)
     run_dir: str = ""
+    extra: dict[str, float] = field(default_factory=dict)  # the space's `report:` metrics, max
 
     @property
     def peak(self) -> float:
@@ -57,6 +60,7 @@ class Report:
     best: TrialRow | None
     base: TrialRow | None
     files: dict[str, Path]
+    extra_keys: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.rows)
@@ -96,6 +100,16 @@ def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
         if math.isfinite(value) and "step" in row:
             pts[int(row["step"])] = value  # a resumed run re-reports a step: keep the newest
     return sorted(pts.items())
+
+
+def largest(run_dir: Path, keys: list[str]) -> dict[str, float]:
+    """The largest value of each of `keys` over a trial's Train reports (nan when never reported)."""
+    rows = read_metrics(run_dir) if keys else []
+    out = {}
+    for key in keys:
+        vals = [v for v in (_float(r.get(key)) for r in rows) if math.isfinite(v)]
+        out[key] = max(vals) if vals else float("nan")
+    return out
 
 
 def tune_curve(df, metric: str) -> list[tuple[int, float]]:
@@ -139,7 +153,7 @@ def collect(sweep: Sweep) -> list[TrialRow]:
             failures=trial.num_failures,
             curve=(tune_curve(frames.get(Path(trial.path).name), spec.metric)
                    or read_curve(run_dir, spec.metric)),
-            run_dir=str(run_dir)))
+            run_dir=str(run_dir), extra=largest(run_dir, spec.report)))
     return rows
 
 
@@ -173,26 +187,32 @@ def _fmt(v) -> str:
 
 def write_tables(report: Report, params: list[Param]) -> tuple[Path, Path]:
     keys = [p.key for p in params]
+    extra = report.extra_keys
     m = report.metric
     csv_path = report.folder / "results.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["rank", "trial_id", "status", "step", "total_steps", m, f"peak_{m}",
-                    *keys, "is_base", "failures", "run_dir"])
+                    *keys, *[f"max_{k}" for k in extra], "is_base", "failures", "run_dir"])
         for i, r in enumerate(report.rows, 1):
             w.writerow([i, r.trial_id, r.status, r.step, r.total_steps, r.metric, r.peak,
-                        *[_fmt(r.values.get(k)) for k in keys], r.is_base, r.failures, r.run_dir])
+                        *[_fmt(r.values.get(k)) for k in keys],
+                        *[r.extra.get(k, float("nan")) for k in extra],
+                        r.is_base, r.failures, r.run_dir])
     md_path = report.folder / "results.md"
     intro = (f"Metric `{m}` ({report.mode}), sorted best first. status: completed = ran its "
              "whole budget; stopped = stopped early by the scheduler.")
     lines = [f"# Sweep `{report.folder.name}`", "", intro, "",
              *[f"- {s}" for s in report.summary().splitlines()], "",
-             "| rank | trial | status | step | " + f"{m} | " + " | ".join(f"`{k}`" for k in keys)
-             + " |", "|---" * (5 + len(keys)) + "|"]
+             "| rank | trial | status | step | " + f"{m} | "
+             + " | ".join([f"`{k}`" for k in keys] + [f"max `{k}`" for k in extra]) + " |",
+             "|---" * (5 + len(keys) + len(extra)) + "|"]
     for i, r in enumerate(report.rows, 1):
         name = r.trial_id + (" (base)" if r.is_base else "") + (" **best**" if r is report.best else "")
+        cells = [_fmt(r.values.get(k)) for k in keys] + [_fmt(r.extra.get(k, float("nan")))
+                                                         for k in extra]
         lines.append(f"| {i} | {name} | {r.status} | {r.step if r.step is not None else '-'} | "
-                     f"{r.metric:.4f} | " + " | ".join(_fmt(r.values.get(k)) for k in keys) + " |")
+                     f"{r.metric:.4f} | " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
@@ -301,7 +321,7 @@ def write_report(sweep: Sweep) -> Report:
     rows = rank(collect(sweep), spec.mode)
     base = next((r for r in rows if r.is_base), None)
     report = Report(folder=sweep.folder, metric=spec.metric, mode=spec.mode, rows=rows,
-                    best=pick_best(rows), base=base, files={})
+                    best=pick_best(rows), base=base, files={}, extra_keys=spec.report)
     csv_path, md_path = write_tables(report, spec.params)
     report.files = {"csv": csv_path, "markdown": md_path, **write_plots(report, spec.params)}
     if report.best is not None:

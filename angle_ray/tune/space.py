@@ -55,6 +55,7 @@ TOP_KEYS = {
     "include_base": "run the base config's values of the searched keys as the first trial",
     "scheduler": "asha (default), pbt or fifo, with their settings",
     "overrides": "fixed `key: value` changes to the base job for every trial",
+    "report": "more reported metrics for the results table (each trial's largest value)",
     "params": "the searched keys and their distributions",
 }
 SCHEDULER_KEYS = {
@@ -150,6 +151,7 @@ class SweepSpec:
     include_base: bool = False
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     overrides: dict[str, Any] = field(default_factory=dict)
+    report: list[str] = field(default_factory=list)
 
     def param_space(self) -> dict:
         return {p.key: p.domain() for p in self.params}
@@ -295,6 +297,11 @@ def parse_space(raw, source: str) -> SweepSpec:
     if not isinstance(overrides, dict):
         raise _err(source, "overrides", f"expected `key: value` pairs, got {overrides!r}")
     spec.overrides = {str(k): v for k, v in overrides.items()}
+    report = raw.get("report") or []
+    if not isinstance(report, list) or not all(isinstance(k, str) and k for k in report):
+        raise _err(source, "report", f"expected a list of metric names such as "
+                   f"[neg/random_fill], got {report!r}")
+    spec.report = list(report)
     spec.scheduler = _scheduler(source, raw.get("scheduler"))
     check_combinations(spec)
     return spec

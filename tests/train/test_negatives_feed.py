@@ -77,14 +77,17 @@ def test_poll_picks_up_a_newer_version(tmp_path, tok):
     feed = NegativesFeed(tmp_path, mining(), tok, max_length=16)
     feed.prime()
     newer = [{**r, "negative": ["a newer negative"]} for r in ROWS]
-    publish_version(tmp_path, 6, newer, {"seconds": {"total_s": 2.5}})
+    publish_version(tmp_path, 6, newer, {"seconds": {"total_s": 2.5},
+                                         "stats": {"random_fill_fraction": 0.25}})
     feed.poll(7)  # starts loading v6 in the background
     feed.pending[1].result(timeout=60)
+    assert feed.metrics(7)["neg/random_fill"] == 0.0  # v0's manifest has no stats
     feed.poll(8)  # every rank has it: switch
     assert feed.current.step == 6 and feed.used == [0, 6]
     out = feed.attach(pairs_batch(tok, ["what causes rain"]))
     assert out.hashes("negative_0").tolist() == [text_hash("a newer negative")]
     assert feed.metrics(8)["neg/refresh_s"] == 2.5 and feed.metrics(8)["neg/staleness"] == 2
+    assert feed.metrics(8)["neg/random_fill"] == 0.25
 
 
 def test_staleness_past_the_bound_times_out_naming_the_folder(tmp_path, tok):

@@ -13,6 +13,7 @@ from angle_ray.config import load_config
 from angle_ray.tune.report import (
     Report,
     TrialRow,
+    largest,
     pick_best,
     rank,
     read_curve,
@@ -110,3 +111,21 @@ def test_best_yaml_is_the_full_job_with_the_best_values_and_reruns_as_is(tmp_pat
     assert cfg.train.storage_path == str(sweep.folder)
     job_loss = yaml.safe_load(tiny_job_file.read_text())["loss"]  # the rest of the job kept
     assert {k: getattr(cfg.loss, k) for k in job_loss} == job_loss
+
+
+def test_metrics_the_space_reports_are_each_trials_largest_value(tmp_path):
+    (tmp_path / "metrics.csv").write_text(
+        "step,neg/random_fill,neg/versions_used\n1,0.0,1\n2,0.04,2\n3,0.01,3\n")
+    assert largest(tmp_path, ["neg/random_fill", "neg/versions_used"]) == {
+        "neg/random_fill": 0.04, "neg/versions_used": 3}
+    assert math.isnan(largest(tmp_path, ["never_reported"])["never_reported"])
+    spec = parse_space({"params": {"train.lr": {"loguniform": [1e-5, 1e-2]}},
+                        "report": ["neg/random_fill"]}, "s.yaml")
+    assert spec.report == ["neg/random_fill"]
+    rows = [TrialRow(trial_id="a", status="completed", step=8, total_steps=8, metric=0.7,
+                     values={"train.lr": 1e-4}, extra={"neg/random_fill": 0.04})]
+    report = Report(folder=tmp_path, metric="dev_metric", mode="max", rows=rows, best=rows[0],
+                    base=None, files={}, extra_keys=spec.report)
+    csv_path, md_path = write_tables(report, spec.params)
+    assert float(next(csv.DictReader(csv_path.open()))["max_neg/random_fill"]) == 0.04
+    assert "| 1 | a **best** | completed | 8 | 0.7000 | 0.0001 | 0.04 |" in md_path.read_text()

@@ -253,6 +253,7 @@ def test_bad_top_level_values_are_errors(tmp_path):
                           ("search: bayes\n", r"search: 'bayes' is not one of random, optuna"),
                           ("num_samples: 0\n", r"num_samples: must be >= 1"),
                           ("scheduler: {reduction_factor: 1}\n", r"scheduler\.reduction_factor"),
+                          ("report: neg/random_fill\n", r"report: expected a list of metric names"),
                           ("- a\n", r"top level must be a mapping")]:
         raw = yaml.safe_load(text)
         if isinstance(raw, dict):
