@@ -408,16 +408,14 @@ def zero_shot_figures(args, base: JobConfig, dev: DevSplit, zero, out: Path) -> 
     return figures
 
 
-def run_arm_seed(args, arm: str, seed: int, base: JobConfig, dev: DevSplit, out: Path,
-                 dev_eval_s: float) -> dict:
-    """One trained run's figures: reused from its folder under --resume, else trained now and
-    saved there (<out>/seed<N>/<arm>/bench_result.json) the moment it ends."""
-    settings = run_settings(arm, seed, args, out, base)
+def run_arm_seed(args, arm: str, seed: int, settings: dict, saved: dict | None, dev: DevSplit,
+                 out: Path, dev_eval_s: float) -> dict:
+    """One trained run's figures: the `saved` ones (--resume found them with these `settings`),
+    else trained now and saved (<out>/seed<N>/<arm>/bench_result.json) the moment it ends."""
     run_dir = out / f"seed{seed}" / arm
-    result = saved_result(run_dir, settings) if args.resume else None
-    if result is not None:
+    if saved is not None:
         print(f"[bench] {arm} seed {seed}: reused from {run_dir / RESULT_FILE}", flush=True)
-        return result
+        return saved
     cfg = load_config(args.config, settings["overrides"])
     result = train_and_evaluate(cfg, dev, args.eval_max_length, dev_eval_s)
     (run_dir / RESULT_FILE).write_text(json.dumps({"settings": settings, "result": result},
@@ -427,8 +425,9 @@ def run_arm_seed(args, arm: str, seed: int, base: JobConfig, dev: DevSplit, out:
     return result
 
 
-def run_arms(args, base: JobConfig, out: Path) -> dict:
-    """Every arm x seed; results.json is rewritten after each arm."""
+def run_arms(args, base: JobConfig, out: Path, settings: dict, saved: dict) -> dict:
+    """Every arm x seed (`settings` and the reusable `saved` figures by (arm, seed));
+    results.json is rewritten after each arm."""
     dev = load_dev_split(base)
     zero = load_model(base.model.name_or_path, base=base.model)
     zs = zero_shot_figures(args, base, dev, zero, out)
@@ -440,7 +439,8 @@ def run_arms(args, base: JobConfig, out: Path) -> dict:
         init_ray()
     for arm in args.arms:
         per_seed = ({"none": {**zs["metrics"], "train_s": 0.0}} if arm == ZERO_SHOT else
-                    {str(seed): run_arm_seed(args, arm, seed, base, dev, out, zs["dev_eval_s"])
+                    {str(seed): run_arm_seed(args, arm, seed, settings[arm, seed],
+                                             saved.get((arm, seed)), dev, out, zs["dev_eval_s"])
                      for seed in args.seeds})
         results["arms"][arm] = {"seeds": per_seed, "summary": summarize(per_seed)}
         (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -482,13 +482,16 @@ def main(argv: list[str] | None = None) -> None:
         lengths = [int(x) for x in args.zero_shot_lengths.split(",")]
         zero_shot_lengths(base, lengths, args.docs, out)
         return
-    finished = frozenset(
-        out / f"seed{s}" / a for a in args.arms if a != ZERO_SHOT for s in args.seeds
-        if args.resume and saved_result(out / f"seed{s}" / a, run_settings(
-            a, s, args, out, base)) is not None)
-    check_fresh(out, args.arms, args.seeds, reusable=finished)
+    settings = {(a, s): run_settings(a, s, args, out, base)
+                for a in args.arms if a != ZERO_SHOT for s in args.seeds}
+    saved = {}
+    if args.resume:
+        found = {key: saved_result(out / f"seed{key[1]}" / key[0], st) for key, st in settings.items()}
+        saved = {key: r for key, r in found.items() if r is not None}
+    check_fresh(out, args.arms, args.seeds,
+                reusable=frozenset(out / f"seed{s}" / a for a, s in saved))
     out.mkdir(parents=True, exist_ok=True)
-    report(run_arms(args, base, out), out)
+    report(run_arms(args, base, out, settings, saved), out)
 
 
 if __name__ == "__main__":

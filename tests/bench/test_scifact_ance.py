@@ -119,8 +119,10 @@ def test_resume_reuses_a_finished_run_only_with_the_same_settings(bench, tmp_pat
     result = {"ndcg@10": 70.0, "mrr@10": 65.0, "recall@100": 94.0, "train_s": 600.0,
               "run_s": 700.0}
     (run_dir / bench.RESULT_FILE).write_text(json.dumps({"settings": settings, "result": result}))
-    # reused as saved: no config is loaded and nothing trains (base/dev are not even needed)
-    assert bench.run_arm_seed(args, "bm25", 0, load_config(CONFIG), None, tmp_path, 1.0) == result
+    # reused as saved: no config is loaded and nothing trains (dev is not even needed)
+    saved = bench.saved_result(run_dir, settings)
+    assert saved == result
+    assert bench.run_arm_seed(args, "bm25", 0, settings, saved, None, tmp_path, 1.0) == result
     other = bench.parse_args(["--config", CONFIG, "--steps", "60", "--resume", "--out",
                               str(tmp_path)])
     assert bench.saved_result(run_dir, bench.run_settings("bm25", 0, other, tmp_path, base)) is None
