@@ -61,6 +61,7 @@ class Report:
     base: TrialRow | None
     files: dict[str, Path]
     extra_keys: list[str] = field(default_factory=list)
+    name: str = ""  # the space's `name:` (else the folder's name is the title)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.rows)
@@ -202,7 +203,7 @@ def write_tables(report: Report, params: list[Param]) -> tuple[Path, Path]:
     md_path = report.folder / "results.md"
     intro = (f"Metric `{m}` ({report.mode}), sorted best first. status: completed = ran its "
              "whole budget; stopped = stopped early by the scheduler.")
-    lines = [f"# Sweep `{report.folder.name}`", "", intro, "",
+    lines = [f"# Sweep `{report.name or report.folder.name}`", "", intro, "",
              *[f"- {s}" for s in report.summary().splitlines()], "",
              "| rank | trial | status | step | " + f"{m} | "
              + " | ".join([f"`{k}`" for k in keys] + [f"max `{k}`" for k in extra]) + " |",
@@ -321,7 +322,8 @@ def write_report(sweep: Sweep) -> Report:
     rows = rank(collect(sweep), spec.mode)
     base = next((r for r in rows if r.is_base), None)
     report = Report(folder=sweep.folder, metric=spec.metric, mode=spec.mode, rows=rows,
-                    best=pick_best(rows), base=base, files={}, extra_keys=spec.report)
+                    best=pick_best(rows), base=base, files={}, extra_keys=spec.report,
+                    name=spec.name)
     csv_path, md_path = write_tables(report, spec.params)
     report.files = {"csv": csv_path, "markdown": md_path, **write_plots(report, spec.params)}
     if report.best is not None:

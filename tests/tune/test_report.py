@@ -125,7 +125,8 @@ def test_metrics_the_space_reports_are_each_trials_largest_value(tmp_path):
     rows = [TrialRow(trial_id="a", status="completed", step=8, total_steps=8, metric=0.7,
                      values={"train.lr": 1e-4}, extra={"neg/random_fill": 0.04})]
     report = Report(folder=tmp_path, metric="dev_metric", mode="max", rows=rows, best=rows[0],
-                    base=None, files={}, extra_keys=spec.report)
+                    base=None, files={}, extra_keys=spec.report, name="scifact-mining")
     csv_path, md_path = write_tables(report, spec.params)
+    assert md_path.read_text().startswith("# Sweep `scifact-mining`")
     assert float(next(csv.DictReader(csv_path.open()))["max_neg/random_fill"]) == 0.04
     assert "| 1 | a **best** | completed | 8 | 0.7000 | 0.0001 | 0.04 |" in md_path.read_text()
