@@ -50,6 +50,10 @@ class TrialRow:
         vals = [v for _, v in self.curve if math.isfinite(v)]
         return max(vals) if vals else float("nan")
 
+    def extras(self, keys: list[str]) -> list[float]:
+        """The `report:` maxima in `keys` order; NaN where the trial never reported one."""
+        return [self.extra.get(k, float("nan")) for k in keys]
+
 
 @dataclass
 class Report:
@@ -198,7 +202,7 @@ def write_tables(report: Report, params: list[Param]) -> tuple[Path, Path]:
         for i, r in enumerate(report.rows, 1):
             w.writerow([i, r.trial_id, r.status, r.step, r.total_steps, r.metric, r.peak,
                         *[_fmt(r.values.get(k)) for k in keys],
-                        *[r.extra.get(k, float("nan")) for k in extra],
+                        *r.extras(extra),
                         r.is_base, r.failures, r.run_dir])
     md_path = report.folder / "results.md"
     intro = (f"Metric `{m}` ({report.mode}), sorted best first. status: completed = ran its "
@@ -210,8 +214,7 @@ def write_tables(report: Report, params: list[Param]) -> tuple[Path, Path]:
              "|---" * (5 + len(keys) + len(extra)) + "|"]
     for i, r in enumerate(report.rows, 1):
         name = r.trial_id + (" (base)" if r.is_base else "") + (" **best**" if r is report.best else "")
-        cells = [_fmt(r.values.get(k)) for k in keys] + [_fmt(r.extra.get(k, float("nan")))
-                                                         for k in extra]
+        cells = [_fmt(v) for v in [r.values.get(k) for k in keys] + r.extras(extra)]
         lines.append(f"| {i} | {name} | {r.status} | {r.step if r.step is not None else '-'} | "
                      f"{r.metric:.4f} | " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
