@@ -285,6 +285,10 @@ class MiningConfig(_Strict):
     warm_start: str = "bm25"  # bm25 | none | a model folder: negatives published before step 0
     refresh_every: int | None = Field(None, ge=1)  # steps between refreshes; None = no refresh
     refresh_on_checkpoint: bool = False  # refresh on every reported checkpoint instead
+    # no refresh from a checkpoint past this fraction of the run's steps: that version would
+    # train only the last few steps, at the schedule's smallest learning rates, while the
+    # refresh slows those steps (1.0: refresh up to the last checkpoint before the end)
+    refresh_until: float = Field(1.0, gt=0, le=1)
     max_staleness: int | None = Field(None, ge=1)  # steps; training waits only past this bound
     wait_timeout_s: float = Field(1800, gt=0)  # how long a staleness wait may last
     poll_every: int = Field(5, ge=1)  # steps between looks for a newer version
@@ -305,6 +309,10 @@ class MiningConfig(_Strict):
             value = getattr(self, name)
             if value is not None and "{text}" not in value:
                 raise ValueError(f"{name} {value!r} has no '{{text}}' slot")
+        if self.refresh_until < 1 and self.max_staleness is not None:
+            # the staleness wait would block on versions that are never mined past the bound
+            raise ValueError("refresh_until < 1 cannot be combined with max_staleness: training "
+                             "would wait for negatives that are no longer refreshed")
         return self
 
     @property

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import ray
@@ -75,8 +76,14 @@ def weights_hash(model_dir: Path) -> str | None:
     return files_sha256(Path(model_dir), files) if files else None
 
 
-def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """(step, folder) of the newest checkpoint Ray Train has registered for this run."""
+class FoundCheckpoint(NamedTuple):
+    step: int
+    folder: Path
+    total_steps: int | None  # the run's steps, as the checkpoint's report gave them
+
+
+def newest_checkpoint(run_dir: Path) -> FoundCheckpoint | None:
+    """The newest checkpoint Ray Train has registered for this run (not the final one)."""
     snap = run_dir / SNAPSHOT_FILE
     try:
         data = json.loads(snap.read_text())
@@ -88,12 +95,19 @@ def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
         return None
     if metrics.get("total_steps") and metrics["step"] >= metrics["total_steps"]:
         return None  # the final checkpoint: training is over, negatives from it would go unused
-    return int(metrics["step"]), run_dir / name
+    total = metrics.get("total_steps")
+    return FoundCheckpoint(int(metrics["step"]), run_dir / name, int(total) if total else None)
 
 
-def due(step: int, last_step: int, mining: MiningConfig) -> bool:
-    """Is a checkpoint at `step` worth a refresh, given the last published version's step?"""
-    if step <= last_step:
+def past_refresh_until(step: int, total_steps: int | None, mining: MiningConfig) -> bool:
+    """Is `step` past the last fraction of the run that still refreshes (`mining.refresh_until`)?"""
+    return bool(total_steps) and step > mining.refresh_until * total_steps
+
+
+def due(step: int, last_step: int, mining: MiningConfig, total_steps: int | None = None) -> bool:
+    """Is a checkpoint at `step` worth a refresh, given the last published version's step (and
+    the run's steps, for `mining.refresh_until`)?"""
+    if step <= last_step or past_refresh_until(step, total_steps, mining):
         return False
     if mining.refresh_on_checkpoint:
         return True
@@ -188,6 +202,7 @@ class Refresher:
         self.failures: list[dict] = []
         self.published: list[int] = []
         self.skipped: list[int] = []  # checkpoints whose weights equal the latest version's
+        self.past_until: list[int] = []  # checkpoints past `mining.refresh_until`: not refreshed
         removed = clean_partial(self.neg_dir)  # a refresher that died mid-publish
         if removed:
             logger.warning("removed %d unfinished negatives folder(s) in %s", removed, self.neg_dir)
@@ -201,8 +216,10 @@ class Refresher:
     def run(self) -> dict:
         while not self.stopping.is_set():
             found = newest_checkpoint(self.run_dir)
-            if found and due(found[0], self.last_step, self.job.mining):
-                self.refresh(*found)
+            if found and due(found.step, self.last_step, self.job.mining, found.total_steps):
+                self.refresh(found.step, found.folder)
+            elif found and past_refresh_until(found.step, found.total_steps, self.job.mining):
+                self.note_past_until(found.step, found.total_steps)
             self.stopping.wait(self.poll_s)
         return self.status()
 
@@ -259,12 +276,22 @@ class Refresher:
             self.last_step = max(self.last_step, step)
             shutil.rmtree(work, ignore_errors=True)
 
+    def note_past_until(self, step: int, total_steps: int) -> None:
+        if step in self.past_until:
+            return
+        if not self.past_until:
+            print(f"[angle-ray] refresh: none from step {step} on (past mining.refresh_until="
+                  f"{self.job.mining.refresh_until:g} of {total_steps} steps); training ends on "
+                  "the latest version", flush=True)
+        self.past_until.append(step)
+
     def stop(self) -> None:
         self.stopping.set()
 
     def status(self) -> dict:
         return {"published": list(self.published), "skipped": list(self.skipped),
-                "failures": list(self.failures), "last_step": self.last_step}
+                "past_refresh_until": list(self.past_until), "failures": list(self.failures),
+                "last_step": self.last_step}
 
 
 def start_refresher(job: JobConfig, run_dir: Path, neg_dir: Path):

@@ -15,7 +15,13 @@ import pytest
 from angle_ray.config import ModelConfig, PoolConfig, config_from_dict
 from angle_ray.mining.encoder_pool import encode_with_pool
 from angle_ray.mining.publish import list_versions, publish_version, read_version
-from angle_ray.mining.refresher import Refresher, due, refresh_doc_subset, weights_hash
+from angle_ray.mining.refresher import (
+    SNAPSHOT_FILE,
+    Refresher,
+    due,
+    refresh_doc_subset,
+    weights_hash,
+)
 from angle_ray.mining.task import load_mining_task
 from angle_ray.mining.token_cache import CACHE_DIR
 from angle_ray.mining.training_setup import warm_start
@@ -68,12 +74,13 @@ def test_a_killed_encoder_actor_is_replaced_and_the_refresh_completes(ray_local,
     assert victim.actor_id not in {a.actor_id for a in _alive_encoders()}
 
 
-def _refresher(tmp_path: Path, beir: Path) -> tuple[Refresher, Path]:
+def _refresher(tmp_path: Path, beir: Path, **mining) -> tuple[Refresher, Path]:
     job = config_from_dict({
         "model": {"max_length": 48},
         "mining": {"beir": str(beir), "k": 2, "window": [2, 20], "max_length": 48,
                    "refresh_every": 4, "pool": {"min_actors": 1, "max_actors": 1,
-                                                "cpus_per_actor": 0.5, "batch_size": 64}},
+                                                "cpus_per_actor": 0.5, "batch_size": 64},
+                   **mining},
     })
     neg_dir = tmp_path / "negatives"
     warm_start(job, load_mining_task(job.mining), neg_dir)  # v0 from BM25
@@ -183,7 +190,8 @@ def test_an_unchanged_model_is_skipped_without_encoding(tmp_path, mini_scifact, 
     publish_version(neg_dir, 4, rows, {**manifest, "model_sha256": weights_hash(checkpoint / "model")})
     refresher.refresh(8, checkpoint)
     assert [s for s, _ in list_versions(neg_dir)] == [0, 4]
-    assert refresher.status() == {"published": [], "skipped": [8], "failures": [], "last_step": 8}
+    assert refresher.status() == {"published": [], "skipped": [8], "past_refresh_until": [],
+                                  "failures": [], "last_step": 8}
     assert refresher.tokens is None  # nothing was tokenised or encoded
     assert not any((neg_dir / ".work").iterdir())
 
@@ -235,3 +243,47 @@ def test_a_partial_refresh_searches_only_the_reencoded_documents(ray_local, tmp_
     picked = {r["query_id"]: {index[d] for d in r["negative_ids"]} for r in rows}
     outside = sum(len(negs - subset) for negs in picked.values())
     assert outside <= manifest["stats"]["filled_random"]  # only a random fill reaches outside
+
+
+def test_refresh_until_stops_refreshing_in_the_last_part_of_the_run():
+    job = config_from_dict({"mining": {"beir": "x", "refresh_every": 40, "refresh_until": 0.8}})
+    # 240 steps: 160 is within 0.8 x 240 = 192, 200 is past it
+    assert due(160, 120, job.mining, total_steps=240) and not due(200, 160, job.mining, total_steps=240)
+    assert due(200, 160, job.mining)  # no total known (an old snapshot): the cadence alone
+    full = config_from_dict({"mining": {"beir": "x", "refresh_every": 40}})
+    assert due(200, 160, full.mining, total_steps=240)  # the default 1.0 refreshes up to the end
+    with pytest.raises(ValueError, match="max_staleness"):
+        config_from_dict({"mining": {"beir": "x", "refresh_every": 4, "refresh_until": 0.5,
+                                     "max_staleness": 6}})
+
+
+def _snapshot(run_dir: Path, step: int, total_steps: int) -> None:
+    """A Ray Train checkpoint snapshot naming a step-`step` checkpoint of a `total_steps` run."""
+    (run_dir / SNAPSHOT_FILE).write_text(json.dumps({"latest_checkpoint_result": {
+        "checkpoint_dir_name": f"checkpoint_{step}",
+        "metrics": {"step": step, "total_steps": total_steps}}}))
+
+
+def test_the_refresher_loop_skips_checkpoints_past_refresh_until(tmp_path, mini_scifact):
+    refresher, _ = _refresher(tmp_path, mini_scifact, refresh_until=0.7)
+    refresher.poll_s = 0.05
+    # step 12 of 14 is past 0.7 x 14: no refresh is tried (there is no checkpoint folder, so a
+    # refresh would fail and be recorded), and the loop says so once
+    _snapshot(tmp_path, 12, 14)
+    loop = threading.Thread(target=refresher.run)
+    loop.start()
+    time.sleep(0.5)
+    refresher.stop()
+    loop.join(timeout=30)
+    status = refresher.status()
+    assert status["past_refresh_until"] == [12]
+    assert status["published"] == [] and status["failures"] == []
+    # step 8 is within the bound: the loop tries it (and records the failure: no folder)
+    _snapshot(tmp_path, 8, 14)
+    refresher.stopping.clear()
+    loop = threading.Thread(target=refresher.run)
+    loop.start()
+    time.sleep(0.5)
+    refresher.stop()
+    loop.join(timeout=30)
+    assert [f["step"] for f in refresher.failures] == [8]
