@@ -4,7 +4,8 @@ Training and mining meet in two places only (DESIGN.md): reported checkpoints an
 negatives. The refresher is one Ray actor beside the TorchTrainer in the same job:
 
     newest checkpoint (checkpoint_manager_snapshot.json, written by Ray Train after a
-    checkpoint is fully persisted) -> copy its model/ aside (checkpoints may be pruned)
+    checkpoint is fully persisted; none past `mining.refresh_until` of the run's steps)
+    -> copy its model/ aside (checkpoints may be pruned)
     -> weights byte-identical to the latest version's (manifest `model_sha256`)? skip it
     -> encode corpus + training queries on the elastic encoder pool (encoder_pool.py), from
        token ids tokenised once per job (token_cache.py, `mining.token_cache`), longest rows

@@ -10,8 +10,8 @@ from angle_ray.train.plan import DevSet, RetrievalDev
 
 class DevEvaluator:
     """Scores the engine's model on the plan's dev set (eval mode, full weights), encoding in the
-    precision the engine trains in: a bf16 run's dev pass runs bf16 autocast (on SciFact's 5,183
-    documents ~1.8x faster than fp32, the same top-30 lists 99.4% of the time)."""
+    precision the engine trains in: a bf16 run's dev pass runs bf16 autocast (SciFact's 5,183
+    documents on 2 cores: ~60 s against 116 s in fp32; nDCG@10 within 0.26 of fp32's)."""
 
     def __init__(self, dev: DevSet, batch_size: int):
         self.dev = dev
