@@ -210,7 +210,7 @@ def test_a_second_refresh_from_the_same_weights_publishes_nothing(refresh_sequen
     seen, refresher = refresh_sequence, refresh_sequence["refresher"]
     tokens, stat, tmp_path = seen["tokens"], seen["tokens_stat"], seen["tmp_path"]
     assert seen["tokens_built"]
-    assert refresher.status() == {"published": [4, 12], "skipped": [16],
+    assert refresher.status() == {"published": [4, 12], "skipped": [16], "past_refresh_until": [],
                                   "failures": refresher.failures, "last_step": 16}
     assert [f["step"] for f in refresher.failures] == [8]
     assert refresher.tokens is tokens  # tokenised once, at the first refresh
