@@ -94,10 +94,10 @@ def newest_checkpoint(run_dir: Path) -> FoundCheckpoint | None:
     name, metrics = latest.get("checkpoint_dir_name"), latest.get("metrics") or {}
     if not name or "step" not in metrics:
         return None
-    if metrics.get("total_steps") and metrics["step"] >= metrics["total_steps"]:
+    total = int(metrics["total_steps"]) if metrics.get("total_steps") else None
+    if total and metrics["step"] >= total:
         return None  # the final checkpoint: training is over, negatives from it would go unused
-    total = metrics.get("total_steps")
-    return FoundCheckpoint(int(metrics["step"]), run_dir / name, int(total) if total else None)
+    return FoundCheckpoint(int(metrics["step"]), run_dir / name, total)
 
 
 def past_refresh_until(step: int, total_steps: int | None, mining: MiningConfig) -> bool:
