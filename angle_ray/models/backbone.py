@@ -212,21 +212,22 @@ def _accepts_pooling_flag(config) -> bool:
     return "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters
 
 
-def load_dtype(cfg: ModelConfig, training: bool) -> torch.dtype:
-    """The dtype the backbone's weights load in. For training, weights that train load in fp32:
-    they are the master weights (autocast or DeepSpeed's bf16 runs the low precision, see
-    ``angle_ray.train.engine``); a frozen LoRA base loads in ``cfg.dtype`` (half the memory).
-    For inference, ``cfg.dtype``."""
-    if training and not cfg.lora.enabled:
+def load_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The dtype the backbone's weights load in, for training and inference alike: weights as
+    they train, fp32 master weights (autocast or DeepSpeed's bf16 runs ``cfg.dtype``, see
+    ``angle_ray.train.engine``; inference autocasts the same way, ``embedder.encode``), so a
+    bf16-trained folder loads the fp32 weights it saved. A frozen LoRA base loads in
+    ``cfg.dtype`` (half the memory; it trained that way)."""
+    if not cfg.lora.enabled:
         return torch.float32
     return TORCH_DTYPES[cfg.dtype]
 
 
-def _load_backbone(path: str, cfg: ModelConfig, training: bool) -> nn.Module:
+def _load_backbone(path: str, cfg: ModelConfig) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(path)
-    kwargs = {"dtype": load_dtype(cfg, training)}
+    kwargs = {"dtype": load_dtype(cfg)}
     if cfg.is_llm:
         config.use_cache = False  # embeddings never generate; no KV cache objects
     elif _accepts_pooling_flag(config):
@@ -314,9 +315,8 @@ def _assemble(
     base_model_path: str,
     adapter_dir: str | None = None,
     usage: dict | None = None,
-    training: bool = False,
 ) -> EmbeddingModel:
-    backbone = _load_backbone(weights_path, cfg, training)
+    backbone = _load_backbone(weights_path, cfg)
     configure_billm(backbone, cfg)  # cfg.billm, else the start layer a saved HF config records
     dim = _hidden_size(backbone)
     if cfg.gradient_checkpointing:
@@ -341,14 +341,14 @@ def build_model(cfg: ModelConfig, usage: dict | None = None) -> EmbeddingModel:
     """Load ``cfg.name_or_path`` (the default model resolves to the packaged MiniLM) for training.
 
     ``usage``: prompts / default_prompt_name / normalize to attach (see ``EmbeddingModel``).
-    Weights that train load in fp32 whatever ``cfg.dtype`` (see ``load_dtype``)."""
+    The weights load in fp32 whatever ``cfg.dtype`` (a LoRA base in ``cfg.dtype``, see ``load_dtype``)."""
     path = resolve_model_path(cfg.name_or_path)
-    return _assemble(cfg, weights_path=path, tokenizer_path=path, base_model_path=path, usage=usage,
-                     training=True)
+    return _assemble(cfg, weights_path=path, tokenizer_path=path, base_model_path=path, usage=usage)
 
 
 def load_embedding_model(directory: str | Path, dtype: str | None = None) -> EmbeddingModel:
-    """Read a folder written by ``EmbeddingModel.save`` (or an export); ``dtype`` overrides cfg.dtype.
+    """Read a folder written by ``EmbeddingModel.save`` (or an export); ``dtype`` overrides cfg.dtype,
+    the precision it runs in (its weights load as ``load_dtype`` says: fp32 unless a LoRA base).
 
     A LoRA folder loads its base model from the recorded path (falling back to
     ``cfg.name_or_path`` when that path does not exist here) and the adapter from the folder,

@@ -1,10 +1,12 @@
 """angle_ray/models/backbone.py: encoders, causal LLMs (+LoRA), save/load, merge."""
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from angle_ray.config import LoraConfig, ModelConfig
@@ -82,9 +84,9 @@ def test_bf16_backbone_still_returns_fp32_embeddings(tiny_llm_dir):
     model = build_model(
         ModelConfig(name_or_path=tiny_llm_dir, is_llm=True, pooling="last", dtype="bf16")
     )
-    # for training the weights load in fp32 (master weights; autocast runs bf16), see load_dtype
+    # the weights load in fp32 (master weights; autocast runs bf16), see load_dtype
     assert next(model.backbone.parameters()).dtype == torch.float32
-    model.backbone.to(torch.bfloat16)  # as inference loads it (load_embedding_model)
+    model.backbone.to(torch.bfloat16)  # a backbone that holds bf16 weights (as a LoRA base does)
     assert model(**model.tokenize(["A plane is taking off."])).dtype == torch.float32
 
 
@@ -165,7 +167,29 @@ def test_encoder_save_and_load_round_trip(minilm, sts_sentences, tmp_path):
 def test_load_with_dtype_override(minilm, tmp_path):
     minilm.save(tmp_path / "enc")
     reloaded = load_embedding_model(tmp_path / "enc", dtype="bf16")
-    assert reloaded.cfg.dtype == "bf16" and next(reloaded.parameters()).dtype == torch.bfloat16
+    # the precision it runs in changes; the saved fp32 (master) weights load as they are
+    assert reloaded.cfg.dtype == "bf16" and next(reloaded.parameters()).dtype == torch.float32
+
+
+def test_a_bf16_trained_folder_loads_and_exports_its_fp32_weights(minilm, sts_sentences, tmp_path):
+    """A bf16 run saves fp32 master weights: every way back to them keeps fp32 (the
+    sentence-transformers export, the Embedder's fp32 default)."""
+    from angle_ray.models.embedder import Embedder
+    from angle_ray.models.export import export_sentence_transformers
+
+    trained = copy.deepcopy(minilm)
+    trained.cfg = trained.cfg.model_copy(update={"dtype": "bf16"})
+    trained.save(tmp_path / "run")
+    reloaded = load_embedding_model(tmp_path / "run")
+    assert reloaded.cfg.dtype == "bf16"
+    assert {p.dtype for p in reloaded.parameters()} == {torch.float32}
+    st_dir = export_sentence_transformers(reloaded, tmp_path / "st")
+    with safe_open(str(st_dir / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    embedder = Embedder.from_pretrained(str(tmp_path / "run"), device="cpu")
+    assert embedder.dtype == "fp32"
+    np.testing.assert_allclose(embedder.encode(sts_sentences),
+                               encode(minilm, sts_sentences, normalize=True, show_progress=False), atol=1e-6)
 
 
 def test_loading_a_folder_without_angle_ray_json_is_a_clear_error(tmp_path):
