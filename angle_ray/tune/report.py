@@ -26,7 +26,7 @@ from ray.tune import ExperimentAnalysis
 from angle_ray.config import dump_config
 from angle_ray.train.progress import read_metrics
 from angle_ray.tune.layout import Sweep
-from angle_ray.tune.space import Param, with_values
+from angle_ray.tune.space import Param, SweepSpec, with_values
 
 BEST_RUN_NAME = "best"
 
@@ -58,14 +58,19 @@ class TrialRow:
 @dataclass
 class Report:
     folder: Path
-    metric: str
-    mode: str
+    spec: SweepSpec  # the space: metric, mode, searched params, `report:` keys, name
     rows: list[TrialRow]  # sorted, best first
     best: TrialRow | None
     base: TrialRow | None
-    files: dict[str, Path]
-    extra_keys: list[str] = field(default_factory=list)
-    name: str = ""  # the space's `name:` (else the folder's name is the title)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
+
+    @property
+    def extra_keys(self) -> list[str]:
+        return self.spec.report
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.rows)
@@ -190,8 +195,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_tables(report: Report, params: list[Param]) -> tuple[Path, Path]:
-    keys = [p.key for p in params]
+def write_tables(report: Report) -> tuple[Path, Path]:
+    keys = [p.key for p in report.spec.params]
     extra = report.extra_keys
     m = report.metric
     csv_path = report.folder / "results.csv"
@@ -205,9 +210,9 @@ def write_tables(report: Report, params: list[Param]) -> tuple[Path, Path]:
                         *r.extras(extra),
                         r.is_base, r.failures, r.run_dir])
     md_path = report.folder / "results.md"
-    intro = (f"Metric `{m}` ({report.mode}), sorted best first. status: completed = ran its "
+    intro = (f"Metric `{m}` ({report.spec.mode}), sorted best first. status: completed = ran its "
              "whole budget; stopped = stopped early by the scheduler.")
-    lines = [f"# Sweep `{report.name or report.folder.name}`", "", intro, "",
+    lines = [f"# Sweep `{report.spec.name}`", "", intro, "",
              *[f"- {s}" for s in report.summary().splitlines()], "",
              "| rank | trial | status | step | " + f"{m} | "
              + " | ".join([f"`{k}`" for k in keys] + [f"max `{k}`" for k in extra]) + " |",
@@ -233,7 +238,7 @@ def _position(p: Param, value) -> float:
     return cats.index(_fmt(value)) if _fmt(value) in cats else -1
 
 
-def write_plots(report: Report, params: list[Param]) -> dict[str, Path]:
+def write_plots(report: Report) -> dict[str, Path]:
     """`plots/<metric>_vs_<key>.png` per searched key and `plots/<metric>_curves.png`."""
     # lazy: pyplot takes seconds to import, and the Agg backend must be chosen before it
     import matplotlib
@@ -244,7 +249,7 @@ def write_plots(report: Report, params: list[Param]) -> dict[str, Path]:
     out_dir = report.folder / "plots"
     out_dir.mkdir(exist_ok=True)
     figures = {}
-    for p in params:
+    for p in report.spec.params:
         fig, ax = plt.subplots(figsize=(6, 4))
         _plot_against_param(ax, report, p)
         figures[p.key] = (fig, out_dir / f"{report.metric}_vs_{p.key}.png")
@@ -321,14 +326,11 @@ def write_best_config(sweep: Sweep, best: TrialRow) -> Path:
 
 
 def write_report(sweep: Sweep) -> Report:
-    spec = sweep.spec
-    rows = rank(collect(sweep), spec.mode)
-    base = next((r for r in rows if r.is_base), None)
-    report = Report(folder=sweep.folder, metric=spec.metric, mode=spec.mode, rows=rows,
-                    best=pick_best(rows), base=base, files={}, extra_keys=spec.report,
-                    name=spec.name)
-    csv_path, md_path = write_tables(report, spec.params)
-    report.files = {"csv": csv_path, "markdown": md_path, **write_plots(report, spec.params)}
+    rows = rank(collect(sweep), sweep.spec.mode)
+    report = Report(folder=sweep.folder, spec=sweep.spec, rows=rows, best=pick_best(rows),
+                    base=next((r for r in rows if r.is_base), None))
+    csv_path, md_path = write_tables(report)
+    report.files = {"csv": csv_path, "markdown": md_path, **write_plots(report)}
     if report.best is not None:
         report.files["best"] = write_best_config(sweep, report.best)
     return report

@@ -55,16 +55,15 @@ def test_best_is_the_best_trial_that_ran_its_whole_budget():
 
 
 def _report(tmp_path) -> Report:
+    spec = parse_space({"params": {"train.lr": {"loguniform": [1e-5, 1e-2]},
+                                   "model.pooling": {"choice": ["mean", "cls"]}}}, "s.yaml")
     rows = rank(_rows(), "max")
-    return Report(folder=tmp_path, metric="dev_metric", mode="max", rows=rows,
-                  best=pick_best(rows), base=next(r for r in rows if r.is_base), files={})
+    return Report(folder=tmp_path, spec=spec, rows=rows, best=pick_best(rows),
+                  base=next(r for r in rows if r.is_base))
 
 
 def test_tables_list_every_trial_best_first_with_its_values(tmp_path):
-    spec = parse_space({"params": {"train.lr": {"loguniform": [1e-5, 1e-2]},
-                                   "model.pooling": {"choice": ["mean", "cls"]}}}, "s.yaml")
-    report = _report(tmp_path)
-    csv_path, md_path = write_tables(report, spec.params)
+    csv_path, md_path = write_tables(_report(tmp_path))
     table = list(csv.DictReader(csv_path.open()))
     assert [r["trial_id"] for r in table] == ["b", "c", "e", "a", "d"]
     assert table[1]["status"] == "completed" and float(table[1]["dev_metric"]) == 0.80
@@ -78,9 +77,7 @@ def test_tables_list_every_trial_best_first_with_its_values(tmp_path):
 
 
 def test_plots_are_written_for_each_searched_key_and_the_curves(tmp_path):
-    spec = parse_space({"params": {"train.lr": {"loguniform": [1e-5, 1e-2]},
-                                   "model.pooling": {"choice": ["mean", "cls"]}}}, "s.yaml")
-    files = write_plots(_report(tmp_path), spec.params)
+    files = write_plots(_report(tmp_path))
     assert set(files) == {"train.lr", "model.pooling", "curves"}
     assert files["curves"] == tmp_path / "plots" / "dev_metric_curves.png"
     for path in files.values():
@@ -120,13 +117,12 @@ def test_metrics_the_space_reports_are_each_trials_largest_value(tmp_path):
         "neg/random_fill": 0.04, "neg/versions_used": 3}
     assert math.isnan(largest(tmp_path, ["never_reported"])["never_reported"])
     spec = parse_space({"params": {"train.lr": {"loguniform": [1e-5, 1e-2]}},
-                        "report": ["neg/random_fill"]}, "s.yaml")
+                        "report": ["neg/random_fill"], "name": "scifact-mining"}, "s.yaml")
     assert spec.report == ["neg/random_fill"]
     rows = [TrialRow(trial_id="a", status="completed", step=8, total_steps=8, metric=0.7,
                      values={"train.lr": 1e-4}, extra={"neg/random_fill": 0.04})]
-    report = Report(folder=tmp_path, metric="dev_metric", mode="max", rows=rows, best=rows[0],
-                    base=None, files={}, extra_keys=spec.report, name="scifact-mining")
-    csv_path, md_path = write_tables(report, spec.params)
+    report = Report(folder=tmp_path, spec=spec, rows=rows, best=rows[0], base=None)
+    csv_path, md_path = write_tables(report)
     assert md_path.read_text().startswith("# Sweep `scifact-mining`")
     assert float(next(csv.DictReader(csv_path.open()))["max_neg/random_fill"]) == 0.04
     assert "| 1 | a **best** | completed | 8 | 0.7000 | 0.0001 | 0.04 |" in md_path.read_text()
