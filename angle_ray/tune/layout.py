@@ -2,8 +2,9 @@
 
 The sweep folder holds `sweep.json` (the space and base job it was started with), `tune/`
 (Tune's experiment state) and `trials/<trial id>/` (each trial's Train run folder; a PBT trial
-that continues from another trial's weights adds `trials/<trial id>-g<n>/`). The report
-(`tune/report.py`) is written beside them.
+that continues from another trial's weights adds `trials/<trial id>-g<n>/`; under PBT each
+checkpoint report is built in `.pbt-staging/<trial id>/` and removed once Tune has copied it).
+The report (`tune/report.py`) is written beside them.
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ import json
 import math
 import queue
 import shutil
-import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ray import tune
@@ -35,6 +36,7 @@ from angle_ray.tune.layout import Sweep, first_eval_step
 
 STATE = "pbt_state.json"
 MODEL = MODEL_DIR  # the Tune checkpoint keeps the Train checkpoint's model folder name
+STAGING = ".pbt-staging"  # in the sweep folder: <trial id>/ is built there for each report
 
 
 class QueueReportCallback(UserCallback):
@@ -88,7 +90,25 @@ def next_run_name(trials_dir: Path, trial_id: str) -> str:
     return f"{trial_id}-g{n}"
 
 
-def report_with_checkpoints(reports, training: threading.Thread, errors: list, trial_id: str) -> None:
+@contextmanager
+def staged_checkpoint(folder: Path, model: Path, state: dict) -> Iterator[tune.Checkpoint]:
+    """A Tune checkpoint built in `folder` (the model folder and the PBT state), removed after.
+
+    A fixed folder per trial, not a temporary one: Tune kills a trial it pauses or stops, even in
+    the middle of a report, and no cleanup runs then; what is left stays in the sweep folder and
+    the trial's next report (after it is resumed) clears it first."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(model, folder / MODEL)
+    (folder / STATE).write_text(json.dumps(state))
+    try:
+        yield tune.Checkpoint.from_directory(str(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def report_with_checkpoints(reports, training: threading.Thread, errors: list, trial_id: str,
+                            staging: Path) -> None:
     """In the Tune function's thread: forward the queued reports until the training thread ends."""
     while True:
         try:
@@ -101,12 +121,10 @@ def report_with_checkpoints(reports, training: threading.Thread, errors: list, t
         if path is None:
             tune.report(item["metrics"])
             continue
-        with tempfile.TemporaryDirectory(prefix="angle-pbt-") as folder:
-            shutil.copytree(Path(path) / MODEL, Path(folder) / MODEL)
-            (Path(folder) / STATE).write_text(json.dumps({"step": item["metrics"]["step"],
-                                                          "trial_id": trial_id,
-                                                          "metrics": item["metrics"]}))
-            tune.report(item["metrics"], checkpoint=tune.Checkpoint.from_directory(folder))
+        state = {"step": item["metrics"]["step"], "trial_id": trial_id, "metrics": item["metrics"]}
+        # tune.report copies the checkpoint into the sweep's storage before it returns
+        with staged_checkpoint(staging, Path(path) / MODEL, state) as checkpoint:
+            tune.report(item["metrics"], checkpoint=checkpoint)
     training.join()
     if errors:
         raise errors[0]
@@ -145,6 +163,7 @@ def run_pbt_trial(sweep: Sweep, values: dict, trial_id: str) -> None:
     training = threading.Thread(target=fit, name="pbt-training", daemon=True)
     training.start()
     try:
-        report_with_checkpoints(reports, training, errors, trial_id)
+        report_with_checkpoints(reports, training, errors, trial_id,
+                                staging=sweep.folder / STAGING / trial_id)
     finally:
         reports.shutdown()
