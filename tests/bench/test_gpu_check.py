@@ -117,3 +117,14 @@ def test_lora_worker_counts_adapters_and_flops_on_a_tiny_decoder(gpu_check):
     assert result["flops_per_token"] == gpu_check.lora_flops_per_token(
         result["n_base"], result["n_lora"], layers, 16, h)
     assert result["tokens_per_s"] > 0 and result["peak_gib"] is None
+    # every weight, counted before ZeRO-3 partitions them into empty placeholders
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * 128 + 2 * h  # q,k,v biased
+    assert result["n_params"] == 512 * h + layers * per_layer + h + result["n_lora"]
+
+
+def test_a_result_line_is_read_from_a_worker_that_timed_out(gpu_check):
+    """TimeoutExpired carries stdout as bytes: a worker that printed and then hung still counts."""
+    out = b"DeepSpeed info\n" + gpu_check.RESULT_TAG.encode() + b'{"tflops": 600.5}\nexiting\n'
+    assert gpu_check._result_line(out) == {"tflops": 600.5}
+    assert gpu_check._result_line(out.decode()) == {"tflops": 600.5}
+    assert gpu_check._result_line(None) is None and gpu_check._result_line("no result") is None
