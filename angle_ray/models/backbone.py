@@ -36,12 +36,12 @@ from angle_ray.config import LoraConfig, ModelConfig
 from angle_ray.models.billm import configure_billm
 from angle_ray.models.default_model import resolve_model_path
 from angle_ray.models.pooling import pool
+from angle_ray.models.precision import TORCH_DTYPES, autocast
 from angle_ray.version import __version__
 
 logger = logging.getLogger(__name__)
 
 ANGLE_RAY_FILE = "angle_ray.json"  # the marker (and settings) file of an angle-ray model folder
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def final_norm(backbone: nn.Module) -> nn.Module | None:
@@ -114,9 +114,14 @@ class EmbeddingModel(nn.Module):
         return batch
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool = False,
-                **ignored) -> Tensor:
+                autocast_dtype: str = "fp32", **ignored) -> Tensor:
         """Pooled embeddings ``[B, H]`` fp32; ``all_layers``: every layer's ``[N, B, H]`` (see
-        ``pooled_layers``), through the same call so DDP / DeepSpeed wrappers see one forward."""
+        ``pooled_layers``), through the same call so DDP / DeepSpeed wrappers see one forward.
+        ``autocast_dtype``: autocast inside the call (the training engines; see there)."""
+        with autocast(input_ids.device, autocast_dtype):
+            return self._forward(input_ids, attention_mask, all_layers)
+
+    def _forward(self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool) -> Tensor:
         if all_layers:
             return torch.stack(self.pooled_layers(input_ids, attention_mask))
         want_layers = self.cfg.pooling == "first_last_avg"

@@ -12,7 +12,7 @@ optimiser, so no DeepSpeed CUDA / CPU-Adam kernel has to be compiled on CPU mach
 
 Precision (`model.dtype`, see `precision_plan`): the parameters that train and the optimiser
 state stay fp32 (the master weights); the loss is computed on fp32 embeddings (train_step).
-  * torch autocast around the forward, fp32 weights: on CPU, under DDP, and at ZeRO-0.
+  * torch autocast inside the model's forward, fp32 weights: on CPU, under DDP, and at ZeRO-0.
     (DeepSpeed 0.19's bf16 config casts the whole model to bf16 and at ZeRO-0 updates it with
     bf16 gradients; measured on CPU, its loss drifted from fp32 by 5% in two steps.)
   * DeepSpeed's own bf16 / fp16 config (it casts the model, keeps fp32 master weights in the
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from angle_ray.config import TrainConfig
-from angle_ray.models.precision import autocast, notify_once, resolve_dtype
+from angle_ray.models.precision import notify_once, resolve_dtype
 
 DS_TAG = "state"
 
@@ -131,6 +131,9 @@ def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
         "gradient_clipping": cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch AdamW as a client optimiser
+        # ZeRO-Offload steps that client AdamW (fused, on the CPU copies) instead of refusing it
+        # for DeepSpeedCPUAdam, whose kernel would have to be compiled on every node
+        "zero_force_ds_cpu_optimizer": False,
         "bf16": {"enabled": on_gpu and dtype == "bf16" and cfg.zero_stage >= 1},
         "fp16": {"enabled": on_gpu and dtype == "fp16"},
         "steps_per_print": 10**9,
@@ -170,8 +173,11 @@ class DeepSpeedEngine:
             dist_init_required=not dist.is_initialized())
 
     def forward(self, input_ids, attention_mask, **options):
-        with autocast(self.device, self.precision.autocast_dtype):
-            return self.engine(input_ids=input_ids, attention_mask=attention_mask, **options)
+        # autocast inside the model's forward, not around DeepSpeed's: DeepSpeed 0.19 turns an
+        # outer autocast off when its own `torch_autocast` config is off, which it detects with
+        # torch.is_autocast_enabled() (the CUDA state: on GPU, bf16 at ZeRO-0 ran fp32)
+        return self.engine(input_ids=input_ids, attention_mask=attention_mask,
+                           autocast_dtype=self.precision.autocast_dtype, **options)
 
     def backward(self, loss):
         self.engine.backward(loss)
@@ -230,8 +236,8 @@ class DDPEngine:
         self.micro = 0
 
     def forward(self, input_ids, attention_mask, **options):
-        with autocast(self.device, self.precision.autocast_dtype):
-            return self.ddp(input_ids=input_ids, attention_mask=attention_mask, **options)
+        return self.ddp(input_ids=input_ids, attention_mask=attention_mask,
+                        autocast_dtype=self.precision.autocast_dtype, **options)
 
     def replay_context(self, is_last: bool):
         """GradCache: all-reduce the gradients once, in the last replayed backward."""
@@ -271,7 +277,9 @@ class DDPEngine:
         from safetensors.torch import load_file
 
         self.model.load_state_dict(load_file(os.path.join(folder, "ddp_model.safetensors")))
-        state = torch.load(os.path.join(folder, "ddp_optimizer.pt"), weights_only=True)
+        # to CPU first: saved from rank 0's GPU, it would otherwise land on GPU 0 in every process
+        state = torch.load(os.path.join(folder, "ddp_optimizer.pt"), map_location="cpu",
+                           weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro = state["micro"]

@@ -151,18 +151,18 @@ def stsb_batch(data_dir):
     return format_a_batch(rows)
 
 
-def _train_steps(strategy: str, dtype: str, batch):
+def _train_steps(strategy: str, dtype: str, batch, steps: int = STEPS):
     """Losses of STEPS train_steps from the same start (dropout off), the model, the optimiser,
     and the dtype the first query projection computed in."""
     model = build_model(ModelConfig(max_length=48, dtype=dtype)).eval()
     cfg = TrainConfig(strategy=strategy, zero_stage=0, lr=5e-5, warmup_steps=0, batch_size=PAIRS)
-    engine = make_engine(model, cfg, STEPS, CPU, bf16_ok=True)  # bf16 even where emulated
+    engine = make_engine(model, cfg, steps, CPU, bf16_ok=True)  # bf16 even where emulated
     seen = []
     query = model.backbone.encoder.layer[0].attention.self.query
     handle = query.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
     loss_fn = build_loss(LossConfig(cosine_w=1.0, ibn_w=1.0, angle_w=0.02))
     try:
-        losses = [train_step(engine, loss_fn, batch, CPU).loss for _ in range(STEPS)]
+        losses = [train_step(engine, loss_fn, batch, CPU).loss for _ in range(steps)]
     finally:
         handle.remove()
     return losses, model, engine.optimizer, seen[0]
@@ -185,6 +185,31 @@ def test_bf16_training_loss_tracks_fp32_with_fp32_master_weights(gloo_world_of_o
     states = [optimizer.state[p] for p in model.parameters() if p in optimizer.state]
     assert len(states) == sum(1 for _ in model.parameters())  # every parameter stepped
     assert {s[k].dtype for s in states for k in ("exp_avg", "exp_avg_sq")} == {torch.float32}
+
+
+def test_deepspeed_zero0_keeps_bf16_autocast_where_it_can_see_an_outer_one(
+        gloo_world_of_one, stsb_batch, monkeypatch):
+    """DeepSpeed's forward switches an outer autocast off (its `torch_autocast` config is off)
+    when torch.is_autocast_enabled() -- no device: the CUDA state -- reports one. On CPU that
+    question misses the CPU autocast, on a GPU it sees CUDA's: no GPU here, so the question is
+    made to see the CPU autocast, as it does on a GPU. The engine's autocast must survive it."""
+    real = torch.is_autocast_enabled
+    monkeypatch.setattr(torch, "is_autocast_enabled",
+                        lambda *device: real(*device) if device else real("cpu"))
+    _, _, _, matmul = _train_steps("deepspeed", "bf16", stsb_batch, steps=1)
+    assert matmul == torch.bfloat16
+
+
+@pytest.mark.slow  # DeepSpeed ZeRO-3 on CPU
+def test_zero3_offload_trains_with_the_torch_adamw_client_optimiser(gloo_world_of_one, stsb_batch):
+    """ZeRO-Offload refuses a client optimiser unless told otherwise (ZeRORuntimeException)."""
+    model = build_model(ModelConfig(max_length=48)).eval()
+    cfg = TrainConfig(strategy="deepspeed", zero_stage=3, offload=True, lr=5e-5, warmup_steps=0,
+                      batch_size=PAIRS)
+    engine = make_engine(model, cfg, 3, CPU)
+    loss_fn = build_loss(LossConfig(cosine_w=1.0, ibn_w=1.0, angle_w=0.02))
+    losses = [train_step(engine, loss_fn, stsb_batch, CPU).loss for _ in range(3)]
+    assert losses[-1] < losses[0], losses  # the offloaded optimiser really steps
 
 
 def test_deepspeed_on_cpu_starts_without_compiling_its_shared_memory_all_reduce(
