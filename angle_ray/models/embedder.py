@@ -10,7 +10,7 @@ Python API for a trained model.
 
 ``encode`` sorts texts longest first so each batch pads to similar lengths, then puts them back in
 the caller's order. The model runs in eval mode (restored afterwards) under
-``torch.inference_mode`` on the device its parameters are on. ``Embedder`` adds loading (one
+``torch.no_grad`` on the device its parameters are on. ``Embedder`` adds loading (one
 loader for angle-ray, sentence-transformers and plain HF folders), named prompts, Matryoshka
 truncation and a cosine similarity matrix on top of ``encode``.
 """
@@ -83,7 +83,10 @@ def encode(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: the dev evaluation encodes mid-training, where ZeRO-3
+        # gathers the parameters inside this forward; inference tensors made there could not be
+        # used by the next backward pass
+        with torch.no_grad():
             batches = tqdm(
                 length_sorted_batches(texts, batch_size),
                 total=-(-len(texts) // batch_size),

@@ -18,6 +18,13 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective: NCCL moves only CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def gather_cat(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Concatenate `x` from every rank along `dim` (rank order); own slice keeps its grad."""
     rank, size = world()

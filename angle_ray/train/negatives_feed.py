@@ -33,6 +33,7 @@ from angle_ray.data.stream import text_hash
 from angle_ray.mining.publish import latest_version, read_version
 from angle_ray.models.backbone import load_tokenizer
 from angle_ray.models.embedder import apply_prompt
+from angle_ray.train.gather import collective_device
 from angle_ray.train.plan import NegativesPlan
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _collective(value: int, op: str) -> int:
     """`value` agreed across ranks: rank 0's (broadcast) or the minimum (all_reduce)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    t = torch.tensor([value], dtype=torch.int64, device=collective_device())
     if op == "broadcast":
         dist.broadcast(t, src=0)
     else:

@@ -91,3 +91,18 @@ def test_two_workers_match_one_worker_with_the_global_batch(ray_local, data_dir,
     for name in PROBED:
         torch.testing.assert_close(torch.tensor(two["grads"][name]), torch.tensor(one["grads"][name]),
                                    rtol=1e-3, atol=1e-7)
+
+
+def test_collective_tensors_live_where_the_backend_moves_them(monkeypatch):
+    """gloo moves CPU tensors, NCCL only CUDA ones (a CPU tensor there fails with "No backend
+    type associated with device type cpu"). No GPU here: NCCL's backend name and the worker's
+    current CUDA device are stood in for."""
+    import torch.distributed as dist
+
+    from angle_ray.train.gather import collective_device
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert collective_device() == torch.device("cpu")
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert collective_device() == torch.device("cuda", 1)
