@@ -190,6 +190,20 @@ class TrainConfig(_Strict):
     torch_threads: int | None = Field(None, ge=1)  # None: node cores / workers on the node
     grad_cache: GradCacheConfig = GradCacheConfig()
 
+    @model_validator(mode="after")
+    def _elastic_state_resumes_on_any_size(self) -> TrainConfig:
+        # an elastic group resumes from its checkpoint at a new size; ZeRO-1..3 partition the
+        # optimiser state (ZeRO-3 the weights too) by worker count, and DeepSpeed 0.19 loads
+        # such a checkpoint only at the size that wrote it: the first resize would fail
+        workers = self.num_workers
+        if (isinstance(workers, tuple) and workers[0] != workers[1]
+                and self.strategy == "deepspeed" and self.zero_stage >= 1):
+            raise ValueError(
+                f"num_workers {list(workers)} is elastic, but ZeRO-{self.zero_stage} checkpoints "
+                "resume only on the number of workers that wrote them; use zero_stage 0 or "
+                "strategy ddp with an elastic group, or a fixed num_workers with ZeRO-1..3")
+        return self
+
 
 class RetrievalDevConfig(_Strict):
     """A BEIR folder whose judged queries are split by query id; the dev half is evaluated."""
@@ -280,7 +294,10 @@ class MiningConfig(_Strict):
     ivf_nprobe: int = Field(16, ge=1)
     hnsw_m: int = Field(32, ge=2)
     shards: int = Field(1, ge=1)  # split the index into this many shards (faiss.IndexShards)
-    faiss_gpu: bool = True  # use GPU FAISS when the refresher's node has one
+    faiss_gpu: bool = True  # use GPU FAISS where the process holds GPUs (mining/index.py)
+    # GPUs the refresher actor reserves for its FAISS index (0 = a CPU index); a refresher with
+    # none never touches the node's GPUs (training's), whatever faiss-gpu sees
+    refresher_gpus: float = Field(0.0, ge=0)
     # --- static start and dynamic refresh (ANCE)
     warm_start: str = "bm25"  # bm25 | none | a model folder: negatives published before step 0
     refresh_every: int | None = Field(None, ge=1)  # steps between refreshes; None = no refresh
@@ -313,6 +330,9 @@ class MiningConfig(_Strict):
             # the staleness wait would block on versions that are never mined past the bound
             raise ValueError("refresh_until < 1 cannot be combined with max_staleness: training "
                              "would wait for negatives that are no longer refreshed")
+        if self.refresher_gpus > 0 and not self.faiss_gpu:
+            raise ValueError(f"refresher_gpus={self.refresher_gpus:g} reserves GPUs for the FAISS "
+                             "index, but faiss_gpu is false: set one or the other")
         return self
 
     @property

@@ -31,6 +31,25 @@ def test_overrides_parse_yaml_scalars_and_reach_list_items(tmp_path):
     assert cfg.train.num_workers == (1, 4)
 
 
+@pytest.mark.parametrize("train", [
+    {"num_workers": [2, 8], "zero_stage": 2},
+    {"num_workers": [1, 4], "zero_stage": 3, "use_gpu": True},
+])
+def test_elastic_workers_with_zero_partitioned_state_are_refused(train):
+    with pytest.raises(ConfigError, match=r"elastic, but ZeRO-\d checkpoints resume only"):
+        config_from_dict({"train": train})
+
+
+@pytest.mark.parametrize("train", [
+    {"num_workers": [2, 8], "zero_stage": 0},
+    {"num_workers": [2, 8], "zero_stage": 3, "strategy": "ddp"},  # ZeRO is DeepSpeed's
+    {"num_workers": [4, 4], "zero_stage": 3},  # a fixed size written as a range
+    {"num_workers": 4, "zero_stage": 3},
+])
+def test_elastic_or_zero_partitioned_alone_are_accepted(train):
+    assert config_from_dict({"train": train}).train.zero_stage == train["zero_stage"]
+
+
 def test_bad_values_name_the_field_and_the_value():
     with pytest.raises(ConfigError, match=r"train.batch_size.*got 0"):
         config_from_dict({"train": {"batch_size": 0}})

@@ -37,6 +37,7 @@ from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
 from angle_ray.config import ModelConfig, PoolConfig
 from angle_ray.models.backbone import EmbeddingModel
+from angle_ray.models.device import actor_device
 from angle_ray.models.embedder import encode
 from angle_ray.models.loader import ModelLoadError, load_model
 from angle_ray.models.precision import autocast, notify_once, resolve_dtype
@@ -108,17 +109,18 @@ class TextEncoder:
 
     ``model_ref`` is a checkpoint's angle-ray folder (loaded as saved) or the job's starting model
     (built with the job's ``model:`` settings, ``model_cfg_json``, exactly as training built it).
-    ``precision``: ``PoolConfig.precision`` (see the module doc)."""
+    ``precision``: ``PoolConfig.precision`` (see the module doc). ``gpus``: the GPUs the actor
+    reserved (``PoolConfig.gpus_per_actor``); with none it runs on CPU (``actor_device``)."""
 
     def __init__(self, model_ref: str, model_cfg_json: str | None, max_length: int | None, threads: int,
                  prompt: str | None = None, prompt_name: str | None = None, default_prompt: bool = False,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", gpus: float = 0.0):
         torch.set_num_threads(threads)
         # no job settings (angle-ray embed): the model folder's own pooling / max_length
         cfg = ModelConfig.model_validate_json(model_cfg_json) if model_cfg_json else None
         self.model = load_model(model_ref, max_length=max_length, base=cfg).eval()
-        if torch.cuda.is_available() and precision != "int8":
-            self.model = self.model.cuda()
+        if precision != "int8":  # int8 runs on CPU only
+            self.model = self.model.to(actor_device(gpus))
         self.model, self.dtype = apply_precision(self.model, precision)
         self.prompt = resolve_prompt(self.model, prompt, prompt_name, default_prompt)
 
@@ -156,7 +158,8 @@ def encode_dataset(ds, model_ref: str, pool: PoolConfig, model_cfg: ModelConfig 
                                "model_cfg_json": model_cfg.model_dump_json() if model_cfg else None,
                                "max_length": max_length, "threads": max(1, int(pool.cpus_per_actor)),
                                "prompt": prompt, "prompt_name": prompt_name,
-                               "default_prompt": default_prompt, "precision": pool.precision},
+                               "default_prompt": default_prompt, "precision": pool.precision,
+                               "gpus": pool.gpus_per_actor},
         batch_size=pool.batch_size, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_cpus=pool.cpus_per_actor,

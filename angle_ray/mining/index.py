@@ -11,18 +11,23 @@ Scores are inner products of L2-normalised float32 vectors (cosine). Index kinds
 ``faiss.IndexShards(successive_ids=True)``: ids come back global and results are merged by score,
 so a sharded flat index ranks exactly like one flat index.
 
-GPU (``faiss.get_num_gpus() > 0`` and ``cfg.faiss_gpu``; needs the ``gpu`` extra, faiss-gpu): the
-flat / ivf index is built on CPU, unsharded, and moved with ``faiss.index_cpu_to_all_gpus``; with
-``cfg.shards > 1`` FAISS itself shards it over the GPUs (``GpuMultipleClonerOptions.shard``),
-otherwise it is replicated. HNSW has no GPU version and stays on CPU. GPU indexes cannot be
-pickled: build the index in the process (Ray actor) that searches it. GPU search caps ``top``
-(2048 in classic FAISS GPU builds), far above a mining window. Not exercised by the tests (no
-GPU there).
+GPU (``cfg.faiss_gpu`` and ``gpus_held() > 0``; needs the ``gpu`` extra, faiss-gpu): only GPUs
+this process holds. In a Ray actor or task that is the GPUs Ray assigned it (the refresher
+reserves ``cfg.refresher_gpus``, default 0: a CPU index), never the node's others, which Ray
+2.60 leaves visible to a worker that reserved none; a driver or plain process uses every GPU
+FAISS sees. The flat / ivf index is built on CPU, unsharded, and moved with
+``faiss.index_cpu_to_all_gpus`` (in a GPU actor "all" is its own: Ray sets its
+CUDA_VISIBLE_DEVICES); with ``cfg.shards > 1`` FAISS itself shards it over the GPUs
+(``GpuMultipleClonerOptions.shard``), otherwise it is replicated. HNSW has no GPU version and
+stays on CPU. GPU indexes cannot be pickled: build the index in the process (Ray actor) that
+searches it. GPU search caps ``top`` (2048 in classic FAISS GPU builds), far above a mining
+window. The tests check which GPUs count (a declared GPU, no real one), not a GPU index.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -71,11 +76,22 @@ def _single_index(docs: np.ndarray, kind: str, cfg: MiningConfig):
     return index
 
 
-def _use_gpu(cfg: MiningConfig, kind: str) -> bool:
+def gpus_held() -> int:
+    """The GPUs this process may put an index on: inside a Ray worker (actor or task) the GPUs
+    Ray assigned it (Ray 2.60 shows a worker that reserved none every GPU of the node, those
+    training holds included); in a driver or a plain process every GPU FAISS sees."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported ray; without it, no import here
+    # get_runtime_context() and WORKER_MODE are public, `.worker.mode` is not documented: Ray
+    # has no public "am I a worker" call, and Ray Serve itself tells workers apart this way
+    if (ray is not None and ray.is_initialized()
+            and ray.get_runtime_context().worker.mode == ray.WORKER_MODE):
+        return len(ray.get_gpu_ids())
     faiss = import_faiss()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
-    return bool(cfg.faiss_gpu and kind != "hnsw" and hasattr(faiss, "get_num_gpus")
-                and faiss.get_num_gpus() > 0)
+
+def _use_gpu(cfg: MiningConfig, kind: str) -> bool:
+    return bool(cfg.faiss_gpu and kind != "hnsw" and gpus_held() > 0)
 
 
 def build_index(doc_emb: np.ndarray, cfg: MiningConfig):

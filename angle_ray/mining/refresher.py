@@ -295,12 +295,16 @@ class Refresher:
                 "last_step": self.last_step}
 
 
-def start_refresher(job: JobConfig, run_dir: Path, neg_dir: Path):
-    """The refresher actor, restarted by Ray if its process dies (its state is on disk).
+def refresher_options(mining: MiningConfig) -> dict:
+    """The refresher actor's Ray options. No CPU: it mostly waits, and its encoders ask for
+    their own resources. GPUs: `mining.refresher_gpus`, for its FAISS index (index.py uses
+    only GPUs the actor holds)."""
+    return {"num_cpus": 0, "num_gpus": mining.refresher_gpus, "max_restarts": -1,
+            "max_task_retries": -1, "max_concurrency": 4}
 
-    It reserves no CPU: it mostly waits, and its encoders ask for their own resources.
-    """
-    actor_cls = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1,
-                           max_concurrency=4)(Refresher)
+
+def start_refresher(job: JobConfig, run_dir: Path, neg_dir: Path):
+    """The refresher actor, restarted by Ray if its process dies (its state is on disk)."""
+    actor_cls = ray.remote(**refresher_options(job.mining))(Refresher)
     handle = actor_cls.remote(job.model_dump_json(), str(run_dir), str(neg_dir))
     return handle, handle.run.remote()

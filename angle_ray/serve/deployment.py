@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from angle_ray.mining.encoder_pool import resolve_prompt
+from angle_ray.models.device import actor_device
 from angle_ray.models.embedder import apply_prompt, encode
 from angle_ray.models.loader import load_model
 from angle_ray.serve.request import (
@@ -87,7 +88,7 @@ class EmbeddingReplica:
         self.key_digest = key_digest
         torch.set_num_threads(max(1, int(self.settings.cpus_per_replica)))
         model = load_model(self.settings.model, max_length=self.settings.max_length)
-        self.model = (model.cuda() if torch.cuda.is_available() else model).eval()
+        self.model = model.to(actor_device(self.settings.gpus_per_replica)).eval()
         # the explicit prompt, a saved one by name, else the model's default (as sentence-transformers)
         self.prompt = resolve_prompt(model, self.settings.prompt, self.settings.prompt_name, use_default=True)
         self.names = [self.settings.name, self.settings.model]

@@ -182,7 +182,7 @@ def test_llm_lora_is_an_elastic_gpu_lora_job_on_a_causal_lm():
     m, t = cfg.model, cfg.train
     assert m.is_llm and m.pooling == "last" and m.lora.enabled and m.dtype == "bf16"
     assert re.match(r"^(Qwen|meta-llama)/", m.name_or_path)
-    assert (t.use_gpu, t.zero_stage, t.strategy) == (True, 3, "deepspeed")
+    assert (t.use_gpu, t.zero_stage, t.strategy) == (True, 0, "deepspeed")  # elastic-safe state
     assert t.num_workers == (2, 8)
     assert t.max_failures > 0  # spot workers come and go; resume instead of failing
     assert all(d.query_prompt and d.doc_prompt for d in cfg.data)

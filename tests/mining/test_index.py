@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from angle_ray.config import MiningConfig
-from angle_ray.mining.index import build_index, dense_candidates, positive_scores, resolve_index_kind
+from angle_ray.mining.index import (
+    build_index,
+    dense_candidates,
+    positive_scores,
+    resolve_index_kind,
+)
 
 
 def mcfg(**kw) -> MiningConfig:
@@ -87,3 +98,39 @@ def test_positive_scores_takes_the_weakest_positive():
     d = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]], dtype=np.float32)
     assert positive_scores(q, d, [[0, 2]])[0] == pytest.approx(np.sqrt(0.5))
     assert np.isnan(positive_scores(q, d, [[]])[0])
+
+
+# Its own Ray in a subprocess (the session's Ray has no GPU; ray.init runs once per process),
+# with one declared GPU: Ray schedules and assigns it though the machine has none.
+GPUS_HELD_SCRIPT = textwrap.dedent("""
+    import ray
+    from angle_ray.eval.faiss_import import import_faiss
+    from angle_ray.mining.index import gpus_held
+
+    def two_gpu_node():  # GPU mock: a node with 2 GPUs, which faiss-cpu here cannot show
+        import_faiss().get_num_gpus = lambda: 2
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def __init__(self):
+            two_gpu_node()
+
+        def held(self):
+            return gpus_held()
+
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False)
+    two_gpu_node()
+    on_gpu, on_cpu = Probe.options(num_gpus=1).remote(), Probe.remote()
+    print("HELD", ray.get(on_gpu.held.remote()), ray.get(on_cpu.held.remote()), gpus_held())
+""")
+
+
+@pytest.mark.slow  # starts its own Ray (~15 s on 2 cores)
+def test_faiss_uses_only_the_gpus_a_ray_actor_holds():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a new Ray, not the session's
+    proc = subprocess.run([sys.executable, "-c", GPUS_HELD_SCRIPT], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[2], timeout=120, check=False)
+    held = [line for line in proc.stdout.splitlines() if line.startswith("HELD")]
+    assert held, proc.stdout + proc.stderr
+    # the GPU actor holds 1, the zero-GPU actor none of the node's 2, the driver all FAISS sees
+    assert held[0].split()[1:] == ["1", "0", "2"]

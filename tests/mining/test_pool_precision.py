@@ -132,6 +132,14 @@ def test_int8_quantises_all_linear_layers_but_the_down_projections(encoders):
     assert encoder.dtype == "fp32" and encoder.model.device.type == "cpu"
 
 
+def test_encoder_without_reserved_gpus_stays_on_cpu_where_cuda_shows(monkeypatch):
+    # GPU mock (no GPU here): Ray 2.60 shows a zero-GPU actor every GPU of the node
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    encoder = TextEncoder(MODEL, ModelConfig().model_dump_json(), MAX_LENGTH, threads=2, gpus=0)
+    assert encoder.model.device.type == "cpu"
+    assert encoder({"text": np.array(["a plane is taking off"])})["emb"].shape == (1, 384)
+
+
 def test_int8_with_gpus_is_a_config_error():
     with pytest.raises(ValidationError, match="precision=int8.*CPU only.*gpus_per_actor=1"):
         PoolConfig(precision="int8", gpus_per_actor=1)

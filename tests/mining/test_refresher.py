@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from angle_ray.config import ModelConfig, PoolConfig, config_from_dict
+from angle_ray.config import MiningConfig, ModelConfig, PoolConfig, config_from_dict
 from angle_ray.mining.encoder_pool import encode_with_pool
 from angle_ray.mining.publish import list_versions, publish_version, read_version
 from angle_ray.mining.refresher import (
@@ -20,6 +21,7 @@ from angle_ray.mining.refresher import (
     Refresher,
     due,
     refresh_doc_subset,
+    refresher_options,
     weights_hash,
 )
 from angle_ray.mining.task import load_mining_task
@@ -37,6 +39,17 @@ def _alive_encoders():
     address = ray.get_runtime_context().gcs_address
     return [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
             if "TextEncoder" in a.class_name]
+
+
+def test_refresher_reserves_mining_refresher_gpus():
+    """No GPU by default (a CPU FAISS index); the configured ones otherwise."""
+    assert MiningConfig(beir="unused").refresher_gpus == 0
+    assert refresher_options(MiningConfig(beir="unused"))["num_gpus"] == 0
+    assert refresher_options(MiningConfig(beir="unused", refresher_gpus=1))["num_gpus"] == 1
+    with pytest.raises(ValidationError, match="refresher_gpus"):
+        MiningConfig(beir="unused", refresher_gpus=-1)
+    with pytest.raises(ValidationError, match="faiss_gpu is false"):
+        MiningConfig(beir="unused", refresher_gpus=1, faiss_gpu=False)  # a GPU for nothing
 
 
 @pytest.mark.slow  # a Ray Data encoder actor pool
