@@ -34,14 +34,22 @@ def resume(engine, rank: int, total_steps: int) -> int:
     return step
 
 
+def write_model_folder(engine, folder: str, rank: int) -> None:
+    """Rank 0 writes the complete model (gathered under ZeRO-3) with the fp32 weights that
+    trained, not the bf16 copy DeepSpeed's bf16 mode runs; every rank must call it."""
+    masters = engine.fp32_weights()  # a collective under ZeRO
+    with engine.full_weights():
+        if rank == 0:
+            state = {**engine.model.backbone.state_dict(), **masters} if masters else None
+            engine.model.save(folder, state_dict=state)
+
+
 def save_and_report(engine, job: JobConfig, step: int, metrics: dict, rank: int,
                     last: bool) -> None:
     """Every rank writes its engine shard; rank 0 adds the step, config and an HF model folder."""
     with tempfile.TemporaryDirectory(prefix="angle-ckpt-") as folder:
         engine.save(folder)
-        with engine.full_weights():
-            if rank == 0:
-                engine.model.save(os.path.join(folder, MODEL_DIR))
+        write_model_folder(engine, os.path.join(folder, MODEL_DIR), rank)
         if rank == 0:
             (Path(folder) / STATE_FILE).write_text(json.dumps(
                 {"step": step, "final": last, "metrics": metrics,

@@ -112,9 +112,9 @@ def fp32_master_weights(model: torch.nn.Module, precision: Precision) -> None:
             param.data = param.data.float()
 
 
-def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
-    """The DeepSpeed JSON config for a TrainConfig; ``dtype`` as resolved for the device.
-    DeepSpeed's bf16 only on GPU at ZeRO-1..3, fp16 only on GPU (see the module doc)."""
+def deepspeed_config(cfg: TrainConfig, precision: Precision, on_gpu: bool) -> dict:
+    """The DeepSpeed JSON config for a TrainConfig; DeepSpeed's bf16 / fp16 where ``precision``
+    (``precision_plan``: on GPU, bf16 at ZeRO-1..3, fp16 at any stage) gives it to DeepSpeed."""
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 2:
         zero.update({"overlap_comm": on_gpu, "contiguous_gradients": True})
@@ -134,8 +134,8 @@ def deepspeed_config(cfg: TrainConfig, dtype: str, on_gpu: bool) -> dict:
         # ZeRO-Offload steps that client AdamW (fused, on the CPU copies) instead of refusing it
         # for DeepSpeedCPUAdam, whose kernel would have to be compiled on every node
         "zero_force_ds_cpu_optimizer": False,
-        "bf16": {"enabled": on_gpu and dtype == "bf16" and cfg.zero_stage >= 1},
-        "fp16": {"enabled": on_gpu and dtype == "fp16"},
+        "bf16": {"enabled": precision.deepspeed_native and precision.dtype == "bf16"},
+        "fp16": {"enabled": precision.deepspeed_native and precision.dtype == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -169,7 +169,7 @@ class DeepSpeedEngine:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=_optimizer(model, cfg),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-            config=deepspeed_config(cfg, precision.dtype, on_gpu),
+            config=deepspeed_config(cfg, precision, on_gpu),
             dist_init_required=not dist.is_initialized())
 
     def forward(self, input_ids, attention_mask, **options):
@@ -204,6 +204,23 @@ class DeepSpeedEngine:
 
     def load(self, folder: str) -> None:
         self.engine.load_checkpoint(folder, tag=DS_TAG, load_module_strict=False)
+
+    def fp32_weights(self) -> dict[str, torch.Tensor]:
+        """The trained backbone weights as DeepSpeed's fp32 master copies, keyed as in
+        ``model.backbone.state_dict()``, where its bf16 / fp16 mode holds the module itself in
+        low precision; {} where the module is what trains (fp32). Every rank must call it: under
+        ZeRO the masters are partitioned and assembling them is a collective."""
+        if not self.precision.deepspeed_native:
+            return {}
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        masters = {}
+        for name, param in self.model.backbone.named_parameters():
+            if param.requires_grad:
+                full = safe_get_full_fp32_param(param)  # None where DeepSpeed keeps no master
+                if full is not None:
+                    masters[name] = full.detach().cpu()
+        return masters
 
     def full_weights(self):
         """A context in which `self.model`'s parameters are complete (ZeRO-3 gathers them)."""
@@ -283,6 +300,9 @@ class DDPEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro = state["micro"]
+
+    def fp32_weights(self) -> dict[str, torch.Tensor]:
+        return {}  # the module's own parameters are the fp32 master weights
 
     def full_weights(self):
         return nullcontext()

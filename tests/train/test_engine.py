@@ -53,7 +53,7 @@ def test_cosine_schedule_is_half_at_midpoint():
 
 def test_deepspeed_config_maps_zero_stage_offload_and_precision():
     cfg = TrainConfig(zero_stage=3, offload=True, batch_size=16, grad_accum=2, max_grad_norm=0.5)
-    ds = deepspeed_config(cfg, "bf16", on_gpu=True)
+    ds = deepspeed_config(cfg, precision_plan("bf16", cfg, GPU, bf16_ok=True), on_gpu=True)
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
@@ -62,9 +62,14 @@ def test_deepspeed_config_maps_zero_stage_offload_and_precision():
     assert ds["gradient_clipping"] == 0.5
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     # DeepSpeed's bf16 is for GPUs at ZeRO-1..3: on CPU and at ZeRO-0 autocast runs bf16 instead
-    assert not deepspeed_config(cfg, "bf16", on_gpu=False)["bf16"]["enabled"]
-    assert not deepspeed_config(TrainConfig(zero_stage=0), "bf16", on_gpu=True)["bf16"]["enabled"]
-    assert deepspeed_config(TrainConfig(zero_stage=0), "fp16", on_gpu=True)["fp16"]["enabled"]
+    def ds_precision(dtype: str, train: TrainConfig, device) -> dict:
+        ds = deepspeed_config(train, precision_plan(dtype, train, device, bf16_ok=True),
+                              on_gpu=device.type == "cuda")
+        return {key: ds[key]["enabled"] for key in ("bf16", "fp16")}
+
+    assert ds_precision("bf16", cfg, CPU) == {"bf16": False, "fp16": False}
+    assert ds_precision("bf16", TrainConfig(zero_stage=0), GPU) == {"bf16": False, "fp16": False}
+    assert ds_precision("fp16", TrainConfig(zero_stage=0), GPU) == {"bf16": False, "fp16": True}
 
 
 def test_optimizer_is_torch_fused_adamw_and_steps_like_the_foreach_kernel():
@@ -210,6 +215,39 @@ def test_zero3_offload_trains_with_the_torch_adamw_client_optimiser(gloo_world_o
     loss_fn = build_loss(LossConfig(cosine_w=1.0, ibn_w=1.0, angle_w=0.02))
     losses = [train_step(engine, loss_fn, stsb_batch, CPU).loss for _ in range(3)]
     assert losses[-1] < losses[0], losses  # the offloaded optimiser really steps
+
+
+@pytest.mark.slow  # DeepSpeed ZeRO-2/3 on CPU
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_bf16_mode_saves_its_fp32_master_weights(gloo_world_of_one, stsb_batch, tmp_path,
+                                                           stage):
+    """DeepSpeed's own bf16 mode (GPU, ZeRO-1..3) runs a bf16 copy of the module and keeps the
+    fp32 masters in its optimiser: the model folder must hold the masters. The precision plan
+    gives that mode to GPUs only; DeepSpeed runs it on CPU too, so it is handed over here."""
+    from safetensors.torch import load_file
+
+    from angle_ray.train.checkpoint import write_model_folder
+    from angle_ray.train.engine import DeepSpeedEngine
+
+    model = build_model(ModelConfig(max_length=48))
+    cfg = TrainConfig(strategy="deepspeed", zero_stage=stage, lr=1e-3, warmup_steps=0,
+                      batch_size=PAIRS)
+    precision = Precision("bf16", deepspeed_native=True)
+    fp32_master_weights(model, precision)
+    engine = DeepSpeedEngine(model, cfg, 2, CPU, precision)
+    loss_fn = build_loss(LossConfig(cosine_w=1.0, ibn_w=1.0, angle_w=0.02))
+    for _ in range(2):
+        train_step(engine, loss_fn, stsb_batch, CPU)
+    name = "encoder.layer.0.attention.self.query.weight"
+    live = dict(model.backbone.named_parameters())[name]
+    assert live.dtype == torch.bfloat16  # what DeepSpeed runs
+    masters = engine.fp32_weights()
+    assert set(masters) == {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    write_model_folder(engine, str(tmp_path / "model"), rank=0)
+    saved = load_file(tmp_path / "model" / "model.safetensors")[name]
+    assert saved.dtype == torch.float32 and torch.equal(saved, masters[name])
+    # fp32 values, not bf16 ones widened: most of them have bits below bf16's 8-bit mantissa
+    assert (saved != saved.bfloat16().float()).float().mean() > 0.9
 
 
 def test_deepspeed_on_cpu_starts_without_compiling_its_shared_memory_all_reduce(
