@@ -37,7 +37,7 @@ def resume(engine, rank: int, total_steps: int) -> int:
 def write_model_folder(engine, folder: str, rank: int) -> None:
     """Rank 0 writes the complete model (gathered under ZeRO-3) with the fp32 weights that
     trained, not the bf16 copy DeepSpeed's bf16 mode runs; every rank must call it."""
-    masters = engine.fp32_weights()  # a collective under ZeRO
+    masters = engine.fp32_weights(keep=rank == 0)  # a collective under ZeRO
     with engine.full_weights():
         if rank == 0:
             state = {**engine.model.backbone.state_dict(), **masters} if masters else None

@@ -205,11 +205,12 @@ class DeepSpeedEngine:
     def load(self, folder: str) -> None:
         self.engine.load_checkpoint(folder, tag=DS_TAG, load_module_strict=False)
 
-    def fp32_weights(self) -> dict[str, torch.Tensor]:
-        """The trained backbone weights as DeepSpeed's fp32 master copies, keyed as in
+    def fp32_weights(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The trained backbone weights as DeepSpeed's fp32 master copies (on CPU), keyed as in
         ``model.backbone.state_dict()``, where its bf16 / fp16 mode holds the module itself in
         low precision; {} where the module is what trains (fp32). Every rank must call it: under
-        ZeRO the masters are partitioned and assembling them is a collective."""
+        ZeRO the masters are partitioned and assembling them is a collective; ``keep=False``
+        joins it without holding a full copy (the ranks that do not write the model)."""
         if not self.precision.deepspeed_native:
             return {}
         from deepspeed.utils import safe_get_full_fp32_param
@@ -218,7 +219,7 @@ class DeepSpeedEngine:
         for name, param in self.model.backbone.named_parameters():
             if param.requires_grad:
                 full = safe_get_full_fp32_param(param)  # None where DeepSpeed keeps no master
-                if full is not None:
+                if full is not None and keep:
                     masters[name] = full.detach().cpu()
         return masters
 
@@ -301,7 +302,7 @@ class DDPEngine:
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro = state["micro"]
 
-    def fp32_weights(self) -> dict[str, torch.Tensor]:
+    def fp32_weights(self, keep: bool = True) -> dict[str, torch.Tensor]:
         return {}  # the module's own parameters are the fp32 master weights
 
     def full_weights(self):
