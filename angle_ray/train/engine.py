@@ -236,6 +236,10 @@ class DeepSpeedEngine:
     def all_ranks_forward_for_eval(self) -> bool:
         return self.cfg.zero_stage == 3  # sharded weights: every rank joins each forward
 
+    @property
+    def resumes_on_any_world_size(self) -> bool:
+        return self.cfg.zero_stage == 0  # ZeRO-1..3 partition their state by worker count
+
 
 class DDPEngine:
     """torch DistributedDataParallel with AdamW, warmup schedule, accumulation and clipping."""
@@ -309,6 +313,7 @@ class DDPEngine:
         return nullcontext()
 
     all_ranks_forward_for_eval = False
+    resumes_on_any_world_size = True  # rank 0's whole model and optimiser state
 
 
 def make_engine(model, cfg: TrainConfig, total_steps: int, device: torch.device,

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from angle_ray.cli import find_user_error
 from angle_ray.data.errors import DataError
 from angle_ray.models.backbone import ANGLE_RAY_FILE, load_embedding_model
+from angle_ray.train.checkpoint import CheckpointError
 from angle_ray.train.driver import run_training
 from angle_ray.train.progress import read_metrics
 from angle_ray.train.streams import pick_stream
@@ -33,6 +35,16 @@ def test_zero3_with_ese_trains_tiny_llm_lora_on_two_workers(ray_local, tiny_job)
         parts = [float(r[f"loss/ese_{k}"]) for k in ("full", "prefix", "align", "shallow")]
         assert float(r["loss"]) == pytest.approx(sum(parts), rel=1e-4)
     assert_lora_trained(run.model_dir)
+    # its ZeRO-3 shards resume only on 2 workers: on 1, a clear error before any step (Ray Train
+    # wraps the worker's error; the command line finds it and prints `error: ...`, exit 2)
+    one = tiny_job(loss=cfg.loss.model_dump(), train={
+        "zero_stage": 3, "num_workers": 1, "max_steps": 6, "checkpoint_every": 4,
+        "name": "zero3-ese"})
+    with pytest.raises(Exception) as failed:
+        run_training(one)
+    found = find_user_error(failed.value)
+    assert isinstance(found, CheckpointError), failed.value
+    assert "written by 2 workers, and this run has 1" in str(found)
 
 
 def test_bad_row_in_the_stream_fails_naming_file_line_and_field(ray_local, tiny_job, tmp_path,
