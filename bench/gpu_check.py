@@ -297,7 +297,8 @@ def work_qwen_lora(p: dict) -> dict:
     seconds = _timed_steps(step, p["warmup"], p["steps"], device)
     _tear_down_process_group()
     n_base = decoder_linear_params(shape)
-    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    # Qwen2 configs may name head_dim; else hidden / heads (true of every shape above)
+    head_dim = shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
     flops = lora_flops_per_token(n_base, n_lora, shape["num_hidden_layers"], p["seq"],
                                  shape["num_attention_heads"] * head_dim)
     tokens_per_s = p["steps"] * p["batch"] * p["seq"] / seconds

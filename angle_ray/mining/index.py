@@ -79,15 +79,17 @@ def _single_index(docs: np.ndarray, kind: str, cfg: MiningConfig):
 def gpus_held() -> int:
     """The GPUs this process may put an index on: inside a Ray worker (actor or task) the GPUs
     Ray assigned it (Ray 2.60 shows a worker that reserved none every GPU of the node, those
-    training holds included); in a driver or a plain process every GPU FAISS sees."""
+    training holds included); in a driver or a plain process every GPU FAISS sees. Never more
+    than FAISS can use: none with the CPU build (faiss-cpu has no GPU classes)."""
+    faiss = import_faiss()
+    usable = faiss.get_num_gpus() if hasattr(faiss, "GpuMultipleClonerOptions") else 0
     ray = sys.modules.get("ray")  # a Ray worker has imported ray; without it, no import here
     # get_runtime_context() and WORKER_MODE are public, `.worker.mode` is not documented: Ray
     # has no public "am I a worker" call, and Ray Serve itself tells workers apart this way
     if (ray is not None and ray.is_initialized()
             and ray.get_runtime_context().worker.mode == ray.WORKER_MODE):
-        return len(ray.get_gpu_ids())
-    faiss = import_faiss()
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        return min(len(ray.get_gpu_ids()), usable)
+    return usable
 
 
 def _use_gpu(cfg: MiningConfig, kind: str) -> bool:

@@ -3,7 +3,8 @@
 The sweep folder holds `sweep.json` (the space and base job it was started with), `tune/`
 (Tune's experiment state) and `trials/<trial id>/` (each trial's Train run folder; a PBT trial
 that continues from another trial's weights adds `trials/<trial id>-g<n>/`; under PBT each
-checkpoint report is built in `.pbt-staging/<trial id>/` and removed once Tune has copied it).
+checkpoint report is built in `.pbt-staging/<trial id>/`, removed once Tune has copied it, and
+the folder itself when the sweep ends).
 The report (`tune/report.py`) is written beside them.
 """
 
@@ -21,6 +22,7 @@ from angle_ray.tune.space import SweepSpec, with_values
 STATE_FILE = "sweep.json"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
+PBT_STAGING_DIR = ".pbt-staging"
 
 
 @dataclass
@@ -38,6 +40,10 @@ class Sweep:
     @property
     def tune_dir(self) -> Path:
         return self.folder / TUNE_DIR
+
+    @property
+    def pbt_staging_dir(self) -> Path:
+        return self.folder / PBT_STAGING_DIR
 
     @property
     def base(self) -> JobConfig:

@@ -36,7 +36,6 @@ from angle_ray.tune.layout import Sweep, first_eval_step
 
 STATE = "pbt_state.json"
 MODEL = MODEL_DIR  # the Tune checkpoint keeps the Train checkpoint's model folder name
-STAGING = ".pbt-staging"  # in the sweep folder: <trial id>/ is built there for each report
 
 
 class QueueReportCallback(UserCallback):
@@ -164,6 +163,6 @@ def run_pbt_trial(sweep: Sweep, values: dict, trial_id: str) -> None:
     training.start()
     try:
         report_with_checkpoints(reports, training, errors, trial_id,
-                                staging=sweep.folder / STAGING / trial_id)
+                                staging=sweep.pbt_staging_dir / trial_id)
     finally:
         reports.shutdown()

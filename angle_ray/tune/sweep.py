@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,6 +228,8 @@ def run_sweep(sweep: Sweep, address: str | None = None, resume: bool | None = No
         (folder / STATE_FILE).write_text(json.dumps(sweep.state(), indent=1))
         tuner = build_tuner(sweep)
     tuner.fit()
+    # what a trial Tune killed in the middle of a PBT report left (no trial runs any more)
+    shutil.rmtree(sweep.pbt_staging_dir, ignore_errors=True)
     report = write_report(sweep)
     return SweepOutcome(folder=folder, resumed=exists, interrupted=report.unfinished > 0,
                         report=report)

@@ -107,21 +107,27 @@ GPUS_HELD_SCRIPT = textwrap.dedent("""
     from angle_ray.eval.faiss_import import import_faiss
     from angle_ray.mining.index import gpus_held
 
-    def two_gpu_node():  # GPU mock: a node with 2 GPUs, which faiss-cpu here cannot show
-        import_faiss().get_num_gpus = lambda: 2
+    def two_gpu_node():  # GPU mock: faiss-gpu on a node with 2 GPUs, which faiss-cpu cannot show
+        faiss = import_faiss()
+        faiss.get_num_gpus, faiss.GpuMultipleClonerOptions = (lambda: 2), object
 
     @ray.remote(num_cpus=0)
     class Probe:
-        def __init__(self):
-            two_gpu_node()
+        def __init__(self, faiss_gpu):
+            if faiss_gpu:
+                two_gpu_node()
 
         def held(self):
             return gpus_held()
 
     ray.init(num_cpus=1, num_gpus=1, include_dashboard=False)
+    first = Probe.options(num_gpus=1).remote(False)
+    cpu_build = ray.get(first.held.remote())
+    ray.kill(first)  # frees the one GPU for the next
+    on_gpu, on_cpu = Probe.options(num_gpus=1).remote(True), Probe.remote(True)
+    held = ray.get(on_gpu.held.remote()), ray.get(on_cpu.held.remote())
     two_gpu_node()
-    on_gpu, on_cpu = Probe.options(num_gpus=1).remote(), Probe.remote()
-    print("HELD", ray.get(on_gpu.held.remote()), ray.get(on_cpu.held.remote()), gpus_held())
+    print("HELD", *held, gpus_held(), cpu_build)
 """)
 
 
@@ -132,5 +138,6 @@ def test_faiss_uses_only_the_gpus_a_ray_actor_holds():
                           env=env, cwd=Path(__file__).resolve().parents[2], timeout=120, check=False)
     held = [line for line in proc.stdout.splitlines() if line.startswith("HELD")]
     assert held, proc.stdout + proc.stderr
-    # the GPU actor holds 1, the zero-GPU actor none of the node's 2, the driver all FAISS sees
-    assert held[0].split()[1:] == ["1", "0", "2"]
+    # the GPU actor holds 1, the zero-GPU actor none of the node's 2, the driver all FAISS sees,
+    # and a GPU actor whose FAISS is the CPU build none
+    assert held[0].split()[1:] == ["1", "0", "2", "0"]

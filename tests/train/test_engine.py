@@ -248,6 +248,8 @@ def test_deepspeed_bf16_mode_saves_its_fp32_master_weights(gloo_world_of_one, st
     assert saved.dtype == torch.float32 and torch.equal(saved, masters[name])
     # fp32 values, not bf16 ones widened: most of them have bits below bf16's 8-bit mantissa
     assert (saved != saved.bfloat16().float()).float().mean() > 0.9
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["dtype"] == "float32"  # as written: a plain HF load ("auto") gets fp32 too
 
 
 def test_deepspeed_on_cpu_starts_without_compiling_its_shared_memory_all_reduce(

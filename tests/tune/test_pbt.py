@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from angle_ray.models.backbone import ANGLE_RAY_FILE
-from angle_ray.tune.layout import TRIALS_DIR
-from angle_ray.tune.pbt import MODEL, STAGING, STATE, staged_checkpoint
+from angle_ray.tune.layout import PBT_STAGING_DIR, TRIALS_DIR
+from angle_ray.tune.pbt import MODEL, STATE, staged_checkpoint
 from angle_ray.tune.sweep import plan_sweep, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -56,15 +56,15 @@ def test_pbt_weak_trial_continues_from_the_strong_trials_weights(tiny_job_file, 
     tune_ckpts = list((sweep.folder / "tune").rglob(STATE))
     assert tune_ckpts and all(json.loads(p.read_text())["step"] in (1, 2, 3) for p in tune_ckpts)
     assert Path(report.files["best"]).exists()
-    # every checkpoint report's staging folder is gone once Tune copied it
-    assert not list((sweep.folder / STAGING).glob("*"))
+    # every checkpoint report's staging folder is gone once Tune copied it, the folder with the sweep
+    assert not sweep.pbt_staging_dir.exists()
 
 
 def test_staged_checkpoint_clears_a_killed_reports_leftovers_and_removes_itself(tmp_path):
     model = tmp_path / "ckpt" / MODEL
     model.mkdir(parents=True)
     (model / "model.safetensors").write_bytes(b"weights")
-    staging = tmp_path / "sweep" / STAGING / "trial_a"
+    staging = tmp_path / "sweep" / PBT_STAGING_DIR / "trial_a"
     (staging / MODEL).mkdir(parents=True)  # what a trial killed mid-report left behind
     (staging / MODEL / "stale.bin").write_bytes(b"old")
     state = {"step": 2, "trial_id": "trial_a", "metrics": {"dev_metric": 0.5, "step": 2}}
