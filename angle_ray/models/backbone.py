@@ -163,7 +163,8 @@ class EmbeddingModel(nn.Module):
         """Write the weights (safetensors; LoRA: the adapter only), tokenizer and angle_ray.json.
 
         ``state_dict``: the backbone's full state dict when the live parameters are not (e.g.
-        gathered from ZeRO-3 shards); keys as in ``self.backbone.state_dict()``.
+        gathered from ZeRO-3 shards, or DeepSpeed's fp32 masters of its bf16 module); keys as in
+        ``self.backbone.state_dict()``. ``config.json`` then records the dtype written.
         """
         if self.output_dim is not None:
             raise ValueError(f"this model embeds to its first {self.output_dim} dimensions "
@@ -176,6 +177,7 @@ class EmbeddingModel(nn.Module):
             self.backbone.save_pretrained(out)
         else:
             self.backbone.save_pretrained(out, state_dict=state_dict)
+            _record_saved_dtype(out / "config.json", state_dict)
         self.tokenizer.save_pretrained(out)
         meta = {
             "angle_ray_version": __version__,
@@ -204,6 +206,17 @@ class EmbeddingModel(nn.Module):
             backbone, copy.deepcopy(self.tokenizer), cfg, self.base_model_path, self.full_dim,
             **self.usage(),
         ).set_output_dim(self.output_dim)
+
+
+def _record_saved_dtype(config: Path, state_dict: dict[str, Tensor]) -> None:
+    """transformers writes the live module's dtype into config.json (which a plain
+    ``from_pretrained`` loads in): make it the dtype of the weights written instead."""
+    dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
+    if len(dtypes) != 1 or not config.is_file():  # LoRA writes no config.json
+        return
+    settings = json.loads(config.read_text())
+    settings["dtype"] = str(dtypes.pop()).removeprefix("torch.")
+    config.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _accepts_pooling_flag(config) -> bool:

@@ -62,12 +62,6 @@ def write_model_folder(engine, folder: str, rank: int) -> None:
         if rank == 0:
             state = {**engine.model.backbone.state_dict(), **masters} if masters else None
             engine.model.save(folder, state_dict=state)
-    config = Path(folder) / "config.json"
-    if masters and config.is_file():
-        # transformers records the live module's dtype (bf16 here); the weights written are fp32
-        settings = json.loads(config.read_text())
-        settings.update({k: "float32" for k in ("dtype", "torch_dtype") if k in settings})
-        config.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def save_and_report(engine, job: JobConfig, step: int, metrics: dict, rank: int,
